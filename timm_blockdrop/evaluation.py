@@ -1,0 +1,117 @@
+"""The paper's evaluation report (Table 1/3): top-1, block usage, FLOPs per image, unique policies.
+
+``evaluate_policy`` runs a BlockDrop model over a data loader under its learned (greedy) policy or a
+heuristic baseline (Sec. 4.2) and returns the report as a JSON-ready dict. Top-1 goes through the
+``evaluate`` library with the metric vendored in ``timm_blockdrop/metrics/accuracy`` (works offline).
+"""
+import time
+from pathlib import Path
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .models.blockdrop import BlockDropResNet
+from .policies import HEURISTICS, heuristic_policy
+
+__all__ = ['ACCURACY_METRIC', 'load_accuracy_metric', 'evaluate_policy', 'format_report', 'POLICIES']
+
+ACCURACY_METRIC = Path(__file__).parent / 'metrics' / 'accuracy'
+POLICIES = ('learned',) + tuple(HEURISTICS)
+
+
+def load_accuracy_metric():
+    import evaluate
+    return evaluate.load(str(ACCURACY_METRIC))
+
+
+def evaluate_policy(
+        model: BlockDropResNet,
+        loader,
+        policy: str = 'learned',
+        blocks: Optional[int] = None,
+        seed: int = 0,
+        device: str = 'cpu',
+        progress: bool = True,
+) -> Dict:
+    """Evaluate ``model`` on ``loader`` (batches of (images, labels)) under ``policy``.
+
+    ``learned`` uses the policy network's greedy policy (its FLOPs counted); the heuristics ``full``, ``firstk``,
+    ``randomk`` and ``distributek`` keep ``blocks`` blocks without running the policy network (not counted).
+    """
+    if policy not in POLICIES:
+        raise ValueError(f"unknown policy '{policy}': choose one of {', '.join(POLICIES)}")
+    if policy in ('firstk', 'randomk', 'distributek'):
+        heuristic_policy(policy, 1, model.num_blocks, blocks, model.stage_sizes)  # validates k early
+    generator = torch.Generator().manual_seed(seed)
+    metric = load_accuracy_metric()
+    model.eval().to(device)
+    n_blocks, flops, labels, rows = [], [], [], []
+    seconds, n_images = 0.0, 0
+    img_size = None
+    with torch.inference_mode():
+        for images, targets in tqdm(loader, desc=f'eval {policy}', disable=not progress, leave=False):
+            images = images.to(device)
+            if img_size is None:
+                img_size = tuple(images.shape[-2:])
+            start = time.perf_counter()
+            if policy == 'learned':
+                keep = model.default_policy(images)
+            else:
+                keep = heuristic_policy(policy, images.shape[0], model.num_blocks, blocks, model.stage_sizes,
+                                        generator).to(device)
+            logits = model.forward_with_policy(images, keep)
+            preds = logits.argmax(dim=1).cpu()
+            seconds += time.perf_counter() - start
+            n_images += images.shape[0]
+            metric.add_batch(predictions=preds, references=targets)
+            keep = keep.cpu().bool()
+            n_blocks.append(keep.sum(1))
+            flops.append(model.flops(keep, include_policy=policy == 'learned', img_size=img_size))
+            labels.append(targets)
+            rows.append(keep)
+    if n_images == 0:
+        raise ValueError('the dataset split is empty: nothing to evaluate')
+    top1 = metric.compute()['accuracy']
+    n_blocks = torch.cat(n_blocks).double()
+    flops = torch.cat(flops)
+    labels = torch.cat(labels)
+    keep = torch.cat(rows)
+    unique = len({r.tobytes() for r in np.packbits(keep.numpy(), axis=1)})
+    per_class = {int(c): round(float(n_blocks[labels == c].mean()), 4) for c in labels.unique()}
+    return {
+        'model': model.pretrained_cfg.get('architecture'),
+        'policy': policy,
+        'blocks': blocks if policy != 'learned' else None,
+        'threshold': model.threshold if policy == 'learned' else None,
+        'num_blocks': model.num_blocks,
+        'n_images': n_images,
+        'top1': 100.0 * top1,
+        'blocks_mean': float(n_blocks.mean()),
+        'blocks_std': float(n_blocks.std(unbiased=False)),
+        'flops_mean': float(flops.mean()),
+        'flops_std': float(flops.std(unbiased=False)),
+        'full_flops': float(model.flops_table(img_size)[0].full),
+        'unique_policies': unique,
+        'images_per_s': n_images / seconds,
+        'block_keep_rate': [round(float(v), 6) for v in keep.double().mean(0)],
+        'blocks_hist': torch.bincount(keep.sum(1), minlength=model.num_blocks + 1).tolist(),
+        'per_class_blocks_mean': per_class,
+    }
+
+
+def format_report(r: Dict) -> str:
+    """The paper's one-line-per-figure report."""
+    what = r['policy'] if r['policy'] in ('learned', 'full') else f"{r['policy']} (k={r['blocks']})"
+    if r['policy'] == 'learned':
+        what += f" (threshold {r['threshold']})"
+    return '\n'.join([
+        f"model            {r['model']}  policy: {what}",
+        f"images           {r['n_images']}",
+        f"top-1            {r['top1']:.2f} %",
+        f"blocks           {r['blocks_mean']:.1f} ± {r['blocks_std']:.1f} of {r['num_blocks']}",
+        f"FLOPs/img        {r['flops_mean']:.2E} ± {r['flops_std']:.2E}  (full model {r['full_flops']:.2E})",
+        f"unique policies  {r['unique_policies']}",
+        f"images/s         {r['images_per_s']:.1f}",
+    ])

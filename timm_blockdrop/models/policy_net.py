@@ -1,0 +1,45 @@
+"""Policy networks f_pn (paper Sec. 3.2, Eq. 2 and Sec. 4.1): small ResNets with K outputs.
+
+``policy_resnet8``: CIFAR ResNet-8 (one BasicBlock per stage, 16/32/64 channels) on the 32 px image.
+``policy_resnet10``: ResNet-10 (one BasicBlock per stage, 64..512 channels, 7x7 stem) that BlockDrop runs on
+the image downsampled to 112 px. Their ``num_classes`` is the number of blocks K; ``BlockDropResNet``
+applies the sigmoid. Registered as timm models so another policy is a config change (``policy_model``).
+"""
+from typing import Any, Dict
+
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import generate_default_cfgs, register_model
+from timm.models.resnet import BasicBlock, ResNet
+
+from ..checkpoints import build_with_clear_errors
+from .cifar_resnet import CIFAR10_MEAN, CIFAR10_STD, CifarResNet, checkpoint_filter_fn
+
+
+def _cfg(**kwargs) -> Dict[str, Any]:
+    return {'url': '', 'first_conv': 'conv1', 'classifier': 'fc', 'license': 'apache-2.0', **kwargs}
+
+
+default_cfgs = generate_default_cfgs({
+    'policy_resnet8.untrained': _cfg(
+        num_classes=15, input_size=(3, 32, 32), pool_size=(8, 8), crop_pct=1.0, interpolation='bilinear',
+        mean=CIFAR10_MEAN, std=CIFAR10_STD),
+    'policy_resnet10.untrained': _cfg(
+        num_classes=33, input_size=(3, 112, 112), pool_size=(4, 4), crop_pct=0.875, interpolation='bicubic',
+        mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD),
+})
+
+
+@register_model
+def policy_resnet8(pretrained: bool = False, **kwargs) -> CifarResNet:
+    """ResNet-8 policy for CIFAR (paper Sec. 4.1): K outputs (set ``num_classes=K``)."""
+    model_args = dict(layers=(1, 1, 1), channels=(16, 32, 64), shortcut='A')
+    return build_with_clear_errors(
+        CifarResNet, 'policy_resnet8', pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(feature_cls='getter'), **dict(model_args, **kwargs))
+
+
+@register_model
+def policy_resnet10(pretrained: bool = False, **kwargs) -> ResNet:
+    """ResNet-10 policy for ImageNet-size inputs (paper Sec. 4.1), run at 112 px: K outputs."""
+    model_args = dict(block=BasicBlock, layers=(1, 1, 1, 1))
+    return build_with_clear_errors(ResNet, 'policy_resnet10', pretrained, **dict(model_args, **kwargs))
