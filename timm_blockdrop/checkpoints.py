@@ -84,6 +84,9 @@ def translate_load_errors(source: Optional[str]) -> Iterator[None]:
             raise
         if 'PytorchStreamReader' in msg or 'invalid load key' in msg or 'zip archive' in msg:
             raise CheckpointError(f'checkpoint {source} is corrupt or not a PyTorch checkpoint: {msg}') from None
+        if 'weights_only' in msg:
+            raise CheckpointError(f'checkpoint {source} is corrupt or not a plain weights file (loading with '
+                                  f'weights_only=True refused it): {msg.splitlines()[0]}') from None
         raise
     except Exception as e:  # safetensors raises its own error type (SafetensorError)
         if type(e).__name__ == 'SafetensorError':

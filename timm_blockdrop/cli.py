@@ -92,7 +92,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except USER_ERRORS as e:
         if os.environ.get('BLOCKDROP_DEBUG'):
             raise
-        print(f'blockdrop {args.command}: error: {e}', file=sys.stderr)
+        hint = '' if isinstance(e, (ValueError, FileNotFoundError)) else ' (BLOCKDROP_DEBUG=1 shows the traceback)'
+        print(f'blockdrop {args.command}: error: {e}{hint}', file=sys.stderr)
         return 2
     return 0
 

@@ -355,10 +355,12 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: BlockDropRe
 
 
 def _create_blockdrop(variant: str, pretrained: bool = False, **kwargs) -> BlockDropResNet:
+    # features: the stem and every stage (4 taps for CIFAR ResNets, 5 for ImageNet ones), gated
+    out_indices = kwargs.pop('out_indices', (0, 1, 2, 3) if 'cifar' in variant else (0, 1, 2, 3, 4))
     return build_with_clear_errors(
         BlockDropResNet, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(feature_cls='getter'),
+        feature_cfg=dict(feature_cls='getter', out_indices=out_indices),
         **kwargs,
     )
 

@@ -35,7 +35,8 @@ def policy_resnet8(pretrained: bool = False, **kwargs) -> CifarResNet:
     model_args = dict(layers=(1, 1, 1), channels=(16, 32, 64), shortcut='A')
     return build_with_clear_errors(
         CifarResNet, 'policy_resnet8', pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(feature_cls='getter'), **dict(model_args, **kwargs))
+        feature_cfg=dict(feature_cls='getter', out_indices=kwargs.pop('out_indices', (0, 1, 2, 3))),
+        **dict(model_args, **kwargs))
 
 
 @register_model

@@ -1,0 +1,32 @@
+# Two entry points for a fresh clone (nothing installed): `make demo` and `make test`.
+# Both create the virtual environment first (torch pinned as the project's machines need).
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+SHARED ?= ../shared
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+
+.PHONY: setup demo test test-all
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+# the main job: evaluate on the shared CIFAR-10 test set and print the paper's report
+demo: setup
+	$(VENV)/bin/blockdrop eval --model cifar_resnet32 \
+	    --pretrained-file $(SHARED)/weights/cifar10-resnet/resnet32-d509ac18.th --data $(SHARED)/data/cifar10
+	$(VENV)/bin/blockdrop eval --model cifar_resnet32 --policy distributek --blocks 7 \
+	    --pretrained-file $(SHARED)/weights/cifar10-resnet/resnet32-d509ac18.th --data $(SHARED)/data/cifar10
+
+# what CI runs (.ci/run): the test suite without the tests marked slow
+test: setup
+	BLOCKDROP_SHARED=$(SHARED) $(PY) -m pytest -q -m "not slow" tests
+
+test-all: setup
+	BLOCKDROP_SHARED=$(SHARED) $(PY) -m pytest -q tests

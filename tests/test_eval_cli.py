@@ -1,0 +1,111 @@
+"""`blockdrop eval` end to end on the real CIFAR-10 test set, and its clear errors."""
+import json
+
+import pytest
+import timm
+import torch
+from timm.models import save_for_hf
+
+import timm_blockdrop
+from timm_blockdrop.cli import main
+
+from conftest import CIFAR10, RESNET_FILES
+
+KEYS = {'model', 'policy', 'n_images', 'top1', 'blocks_mean', 'blocks_std', 'flops_mean', 'flops_std',
+        'unique_policies', 'images_per_s'}
+
+
+def _eval(tmp_path, *args):
+    out = tmp_path / 'report.json'
+    assert main(['eval', '--data', str(CIFAR10), '--quiet', '--json', str(out), *args]) == 0
+    return json.loads(out.read_text())
+
+
+def test_resnet20_full_test_set_accuracy(tmp_path, shared):
+    """The shared ResNet-20 checkpoint: 9173 / 10000 correct (91.73 %, shared/weights/README.md)."""
+    r = _eval(tmp_path, '--model', 'cifar_resnet20', '--pretrained-file', str(RESNET_FILES[20]))
+    assert KEYS <= set(r)
+    assert r['n_images'] == 10000 and round(r['top1'] * r['n_images'] / 100) == 9173
+    assert r['model'] == 'cifar_resnet20' and r['policy'] == 'full'
+    assert r['blocks_mean'] == 9 and r['blocks_std'] == 0 and r['unique_policies'] == 1
+    assert r['flops_mean'] == pytest.approx(8.11e7, rel=0.01) and r['flops_std'] == 0
+
+
+def test_resnet32_heuristic_policies(tmp_path, shared, capsys):
+    args = ['--model', 'cifar_resnet32', '--pretrained-file', str(RESNET_FILES[32]), '--max-samples', '200']
+    full = _eval(tmp_path, *args)
+    first = _eval(tmp_path, *args, '--policy', 'firstk', '--blocks', '7')
+    dist = _eval(tmp_path, *args, '--policy', 'distributek', '--blocks', '7')
+    rand = _eval(tmp_path, *args, '--policy', 'randomk', '--blocks', '7')
+    assert first['blocks_mean'] == dist['blocks_mean'] == rand['blocks_mean'] == 7
+    assert first['unique_policies'] == 1 and rand['unique_policies'] > 1
+    assert first['flops_mean'] < full['flops_mean'] and first['top1'] < full['top1']
+    assert 'top-1' in capsys.readouterr().out
+
+
+def test_saved_blockdrop_checkpoint_evaluates_identically(tmp_path, shared):
+    base = timm.create_model('cifar_resnet32', pretrained=True, pretrained_cfg_overlay=dict(file=str(RESNET_FILES[32])))
+    model = timm_blockdrop.wrap(base)
+    torch.nn.init.constant_(model.policy.fc.bias, 0.3)  # a policy that keeps some blocks and drops others
+    save_for_hf(model, tmp_path / 'ckpt', safe_serialization=True)
+    a = _eval(tmp_path, '--checkpoint', str(tmp_path / 'ckpt'), '--max-samples', '300')
+    b = _eval(tmp_path, '--model', 'blockdrop_cifar_resnet32', '--pretrained-file',
+              str(tmp_path / 'ckpt' / 'model.safetensors'), '--max-samples', '300')
+    assert a['policy'] == 'learned' and a['model'] == 'blockdrop_cifar_resnet32'
+    for key in ('top1', 'blocks_mean', 'blocks_std', 'flops_mean', 'unique_policies'):
+        assert a[key] == b[key]
+    t = _eval(tmp_path, '--checkpoint', str(tmp_path / 'ckpt'), '--max-samples', '300', '--threshold', '0')
+    assert t['blocks_mean'] == 15 and t['threshold'] == 0
+    assert t['flops_mean'] == t['full_flops'] + model.flops_table()[1]  # the policy net is counted
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--model', 'cifar_resnet32', '--pretrained-file', 'missing.th'], 'pretrained weight file not found: missing.th'),
+    (['--checkpoint', 'no/such/folder'], 'checkpoint folder not found'),
+    (['--model', 'cifar_resnet32', '--pretrained-file', '{r20}'], "does not fit architecture 'cifar_resnet32'"),
+    (['--model', 'not_a_model'], "unknown model 'not_a_model'"),
+    (['--model', 'cifar_resnet20', '--pretrained-file', '{r20}', '--policy', 'lastk'], "unknown policy 'lastk'"),
+    (['--model', 'cifar_resnet20', '--pretrained-file', '{r20}', '--policy', 'firstk', '--blocks', '10'],
+     r'k must lie in \[0, K\] = \[0, 9\]'),
+    (['--model', 'cifar_resnet20', '--pretrained-file', '{r20}', '--policy', 'firstk'], 'needs a number of blocks'),
+    (['--model', 'cifar_resnet20', '--pretrained-file', '{r20}', '--policy', 'learned'], 'no policy network'),
+    (['--model', 'blockdrop_cifar_resnet20', '--pretrained-file', '{r20}'], 'plain ResNet, not a BlockDrop model'),
+    (['--model', 'cifar_resnet20', '--pretrained-file', '{r20}', '--split', 'validation'], "no split 'validation'"),
+    (['--model', 'cifar_resnet20', '--pretrained-file', '{r20}', '--image-column', 'image'], "no image column 'image'"),
+])
+def test_bad_input_gets_a_clear_error(tmp_path, shared, capsys, args, message):
+    args = [a.replace('{r20}', str(RESNET_FILES[20])) for a in args]
+    assert main(['eval', '--data', str(CIFAR10), '--quiet', '--max-samples', '8', *args]) == 2
+    err = capsys.readouterr().err
+    assert 'Traceback' not in err
+    import re
+    assert re.search(message, err), err
+
+
+@pytest.mark.parametrize('extra,message', [
+    (['--data', 'no/such/dataset/dir'], 'dataset path not found'),
+    (['--data', str(CIFAR10), '--threshold', '1.5'], r'threshold must lie in \[0, 1\]'),
+])
+def test_bad_data_or_threshold(tmp_path, shared, capsys, extra, message):
+    model = timm_blockdrop.wrap(timm.create_model('cifar_resnet20'))
+    save_for_hf(model, tmp_path / 'ckpt', safe_serialization=True)
+    assert main(['eval', '--checkpoint', str(tmp_path / 'ckpt'), '--quiet', *extra]) == 2
+    import re
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_corrupt_and_incomplete_checkpoint_folders(tmp_path, shared, capsys):
+    model = timm_blockdrop.wrap(timm.create_model('cifar_resnet20'))
+    save_for_hf(model, tmp_path / 'ok', safe_serialization=True)
+    (tmp_path / 'noconfig').mkdir()
+    (tmp_path / 'noconfig' / 'model.safetensors').write_bytes((tmp_path / 'ok' / 'model.safetensors').read_bytes())
+    (tmp_path / 'corrupt').mkdir()
+    (tmp_path / 'corrupt' / 'config.json').write_text((tmp_path / 'ok' / 'config.json').read_text())
+    (tmp_path / 'corrupt' / 'model.safetensors').write_bytes(b'\x10\x00\x00\x00\x00\x00\x00\x00{"a": garbage}')
+    (tmp_path / 'vit').mkdir()
+    (tmp_path / 'vit' / 'config.json').write_text(json.dumps({'architecture': 'no_such_arch'}))
+    (tmp_path / 'vit' / 'model.safetensors').write_bytes(b'')
+    for folder, message in (('noconfig', 'has no config.json'), ('corrupt', 'corrupt'),
+                            ('vit', "architecture 'no_such_arch'")):
+        assert main(['eval', '--checkpoint', str(tmp_path / folder), '--data', str(CIFAR10), '--quiet']) == 2
+        assert message in capsys.readouterr().err

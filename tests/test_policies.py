@@ -1,0 +1,62 @@
+"""Greedy, bounded and sampled policies (Sec. 3.3) and the heuristic baselines (Sec. 4.2)."""
+import pytest
+import torch
+
+from timm_blockdrop import policies
+
+
+def test_greedy_keeps_at_or_above_threshold():
+    p = torch.tensor([[0.2, 0.5, 0.8]])
+    assert policies.greedy(p).tolist() == [[0.0, 1.0, 1.0]]
+    assert policies.greedy(p, 0.9).tolist() == [[0.0, 0.0, 0.0]]
+
+
+def test_bounded_probabilities_hand_computed():
+    p = torch.tensor([0.0, 0.5, 1.0, 0.9])
+    assert torch.allclose(policies.bounded(p, 0.8), torch.tensor([0.2, 0.5, 0.8, 0.74]))
+    assert torch.equal(policies.bounded(p, 1.0), p)
+
+
+def test_sample_respects_bound_and_straight_through_gradient():
+    torch.manual_seed(0)
+    p = torch.full((20000, 1), 1.0, requires_grad=True)
+    u = policies.sample(p, 0.8)
+    assert u.mean().item() == pytest.approx(0.8, abs=0.01)
+    st = policies.straight_through(p, 0.8)
+    assert set(st.detach().unique().tolist()) <= {0.0, 1.0}
+    st.sum().backward()
+    assert torch.equal(p.grad, torch.ones_like(p))
+
+
+@pytest.mark.parametrize('name', ['firstk', 'randomk', 'distributek'])
+@pytest.mark.parametrize('k', [0, 4, 15])
+def test_heuristics_keep_exactly_k(name, k):
+    keep = policies.heuristic_policy(name, 6, 15, k, stage_sizes=(5, 5, 5))
+    assert keep.shape == (6, 15) and keep.sum(1).tolist() == [k] * 6
+
+
+def test_firstk_and_distributek_layout():
+    assert policies.firstk(1, 6, 2)[0].tolist() == [1, 1, 0, 0, 0, 0]
+    assert policies.distributek(1, 15, 7, stage_sizes=(5, 5, 5))[0].tolist() == \
+        [1, 1, 1, 0, 0] + [1, 1, 0, 0, 0] + [1, 1, 0, 0, 0]
+    # ResNet-101: short segments pass their surplus share on
+    keep = policies.distributek(1, 33, 20, stage_sizes=(3, 4, 23, 3))[0]
+    assert [int(keep[a:b].sum()) for a, b in ((0, 3), (3, 7), (7, 30), (30, 33))] == [3, 4, 10, 3]
+
+
+def test_randomk_differs_per_image_and_is_seeded():
+    g = torch.Generator().manual_seed(1)
+    a = policies.randomk(8, 15, 7, generator=g)
+    b = policies.randomk(8, 15, 7, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and len({tuple(r.tolist()) for r in a}) > 1
+
+
+@pytest.mark.parametrize('k', [-1, 16])
+def test_k_outside_range(k):
+    with pytest.raises(ValueError, match=r'k must lie in \[0, K\] = \[0, 15\]'):
+        policies.heuristic_policy('firstk', 2, 15, k)
+
+
+def test_unknown_policy_name():
+    with pytest.raises(ValueError, match="unknown policy 'lastk'"):
+        policies.heuristic_policy('lastk', 2, 15, 3)
