@@ -218,3 +218,10 @@ def test_blockdrop_checkpoint_for_another_architecture(r32, tmp_path):
     with pytest.raises(timm_blockdrop.CheckpointError, match=r"'blockdrop_cifar_resnet20'.*unexpected keys"):
         timm.create_model('blockdrop_cifar_resnet20', pretrained=True,
                           pretrained_cfg_overlay=dict(file=str(tmp_path / 'model.safetensors')))
+
+
+def test_backward_in_eval_mode_reaches_the_base():
+    m = timm.create_model('blockdrop_cifar_resnet20').eval()
+    torch.nn.init.constant_(m.policy.fc.bias, 0.2)
+    m(torch.randn(3, 3, 40, 40)).sum().backward()  # routed execution, any input size the base accepts
+    assert m.base.fc.weight.grad is not None and m.base.conv1.weight.grad is not None

@@ -74,21 +74,25 @@ def run_eval(args) -> dict:
     return report
 
 
+# subcommand name -> (function adding its parser to the subparsers, function running it on the parsed args)
+COMMANDS = {
+    'eval': (_add_eval, run_eval),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='blockdrop', description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest='command', required=True)
-    _add_eval(sub)
+    for add_parser, _ in COMMANDS.values():
+        add_parser(sub)
     return parser
-
-
-COMMANDS = {'eval': run_eval}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     import timm_blockdrop  # noqa: F401  (registers the models)
     try:
-        COMMANDS[args.command](args)
+        COMMANDS[args.command][1](args)
     except USER_ERRORS as e:
         if os.environ.get('BLOCKDROP_DEBUG'):
             raise

@@ -15,7 +15,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import timm
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import ResNet, generate_default_cfgs, is_model, register_model
 from timm.models._features import feature_take_indices
 
@@ -23,13 +22,12 @@ from ..checkpoints import CheckpointError, build_with_clear_errors, check_state_
 from ..flops import BlockFlops, block_flops_table, count_flops, frozen_eval
 from ..gating import Routing, masked_block, routed_block
 from ..policies import check_alpha, check_threshold, greedy, straight_through
-from .cifar_resnet import CIFAR10_MEAN, CIFAR10_STD, CifarResNet
+from .cifar_resnet import CifarResNet
+from .pretrained_cfgs import ORIGIN_URL, PAPER_ID, blockdrop_pretrained_cfgs
 
 __all__ = ['BlockDropResNet', 'wrap', 'UnsupportedModelError', 'SUPPORTED_BASES']
 
 SUPPORTED_BASES = (ResNet, CifarResNet)
-PAPER_ID = 'arXiv:1711.08393'
-ORIGIN_URL = 'https://github.com/Tushar-N/blockdrop'
 
 # pretrained_cfg keys that locate the *base* model's weights: not carried over to a wrapped model
 _SOURCE_KEYS = ('url', 'file', 'state_dict', 'hf_hub_id', 'hf_hub_filename', 'source', 'tag', 'custom_load')
@@ -417,30 +415,7 @@ def wrap(
     )
 
 
-def _cfg(**kwargs) -> Dict[str, Any]:
-    return {
-        'url': '', 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
-        'crop_pct': 0.875, 'interpolation': 'bilinear',
-        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
-        'first_conv': ('base.conv1', 'policy.conv1'), 'classifier': 'base.fc',
-        'license': 'apache-2.0', 'paper_ids': PAPER_ID, 'origin_url': ORIGIN_URL,
-        **kwargs,
-    }
-
-
-def _cifar_cfg(**kwargs) -> Dict[str, Any]:
-    return _cfg(**dict(dict(
-        num_classes=10, input_size=(3, 32, 32), pool_size=(8, 8), crop_pct=1.0,
-        mean=CIFAR10_MEAN, std=CIFAR10_STD), **kwargs))
-
-
-default_cfgs = generate_default_cfgs({
-    **{f'blockdrop_resnet{d}.in1k': _cfg(notes=(f'base: timm resnet{d}', 'policy: ResNet-10 at 112 px'))
-       for d in (18, 34, 50, 101, 152)},
-    **{f'blockdrop_cifar_resnet{d}.cifar10': _cifar_cfg(
-        notes=(f'base: cifar_resnet{d} (shortcut A)', 'policy: ResNet-8 at 32 px'))
-       for d in (20, 32, 44, 56, 110)},
-})
+default_cfgs = generate_default_cfgs(blockdrop_pretrained_cfgs())
 
 
 def _imagenet_args(depth: int) -> Dict[str, Any]:
