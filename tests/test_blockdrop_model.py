@@ -225,3 +225,15 @@ def test_backward_in_eval_mode_reaches_the_base():
     torch.nn.init.constant_(m.policy.fc.bias, 0.2)
     m(torch.randn(3, 3, 40, 40)).sum().backward()  # routed execution, any input size the base accepts
     assert m.base.fc.weight.grad is not None and m.base.conv1.weight.grad is not None
+
+
+def test_forward_blocks_composes(r32):
+    _, m = r32
+    x = torch.randn(4, 3, 32, 32)
+    keep = (torch.rand(4, 15, generator=torch.Generator().manual_seed(3)) < 0.6).float()
+    with torch.no_grad():
+        h = m.forward_blocks(m.forward_stem(x), keep, 0, 6)
+        out = m.forward_head(m.forward_blocks(h, keep, 6))
+        assert torch.allclose(out, m.forward_with_policy(x, keep), atol=1e-5)
+    with pytest.raises(ValueError, match='outside'):
+        m.forward_blocks(h, keep, 6, 16)

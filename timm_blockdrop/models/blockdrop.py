@@ -245,6 +245,15 @@ class BlockDropResNet(nn.Module):
             raise ValueError(f"mode must be 'auto', 'masked' or 'routed', got {mode!r}")
         return mode == 'routed'
 
+    def _run_blocks(self, x: torch.Tensor, keep: torch.Tensor, routing: Optional[Routing], start: int, end: int):
+        blocks = self.blocks
+        for k in range(start, end):
+            if routing is not None:
+                x = routed_block(blocks[k], x, routing[k])
+            else:
+                x = masked_block(blocks[k], x, keep[:, k], self.grad_checkpointing)
+        return x
+
     def _gated(
             self,
             x: torch.Tensor,
@@ -260,18 +269,34 @@ class BlockDropResNet(nn.Module):
         if take_indices is not None and 0 in take_indices:
             intermediates.append(x)
         x = self._maxpool(x)
-        k = 0
-        stages = self._stage_blocks if max_index is None else self._stage_blocks[:max_index]
-        for feat_idx, stage in enumerate(stages, start=1):
-            for block in stage:
-                if routing is not None:
-                    x = routed_block(block, x, routing[k])
-                else:
-                    x = masked_block(block, x, keep[:, k], self.grad_checkpointing)
-                k += 1
+        start = 0
+        sizes = self.stage_sizes if max_index is None else self.stage_sizes[:max_index]
+        for feat_idx, size in enumerate(sizes, start=1):
+            x = self._run_blocks(x, keep, routing, start, start + size)
+            start += size
             if take_indices is not None and feat_idx in take_indices:
                 intermediates.append(x)
         return x, intermediates
+
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        """The base's stem (conv, norm, act, pool): the input of block 0."""
+        return self._maxpool(self._stem(x))
+
+    def forward_blocks(
+            self, x: torch.Tensor, keep: torch.Tensor, start: int = 0, end: Optional[int] = None,
+            mode: Optional[str] = None,
+    ) -> torch.Tensor:
+        """Run blocks ``start .. end-1`` on ``x`` (the output of block ``start-1``, or of ``forward_stem``).
+
+        ``keep`` is the whole (B, K) policy; only its columns ``start .. end-1`` are read. Lets training share
+        the always-on prefix of the curriculum between the sampled and the greedy pass.
+        """
+        end = self.num_blocks if end is None else end
+        if not 0 <= start <= end <= self.num_blocks:
+            raise ValueError(f'blocks {start}..{end} are outside 0..{self.num_blocks}')
+        keep = self.check_keep(keep, x.shape[0])
+        routing = Routing(keep, device=x.device) if self._use_routing(keep, mode) else None
+        return self._run_blocks(x, keep, routing, start, end)
 
     def forward_features_with_policy(self, x: torch.Tensor, keep: torch.Tensor, mode: Optional[str] = None):
         return self._gated(x, self.check_keep(keep, x.shape[0]), mode)[0]
