@@ -1,0 +1,237 @@
+"""REINFORCE for BlockDrop (paper Sec. 3.3, Eq. 5-6, Alg. 1): the two training steps and their losses.
+
+Both steps sample u ~ Bernoulli(s') from the alpha-bounded policy s' = alpha s + (1 - alpha)(1 - s), run the
+ResNet under u and under the greedy policy u~ (s >= 0.5, the self-critical baseline, no gradient), and weight
+-log pi(u|x) by the advantage A = R(u) - R(u~) (``reward.py``):
+
+- ``CurriculumStep`` (stage 1): the ResNet is frozen (eval mode, inference mode) and only the policy learns; at
+  epoch t the first blocks are forced on in u and u~ (``curriculum.py``) and only the decided blocks enter the
+  loss. Both ResNet passes run as one routed pass that computes the rows of u and u~ once for as long as the two
+  policies agree (``paired_logits``), so the forced prefix is always computed once.
+- ``FinetuneStep`` (stage 2): policy and ResNet learn together; the loss adds the cross-entropy of the ResNet
+  under the sampled policy. The stem is shared by the sampled and the greedy pass.
+
+The steps are ``nn.Module``s so that DDP (``accelerator.prepare``) wraps them and all-reduces the gradients of
+whatever they train. Randomness is per sample: each row comes with an integer seed (see
+``data.SampleSeeds``) from which its K uniforms are drawn, so a run gives the same policies whatever the number
+of processes, and resuming repeats exactly the samples an uninterrupted run would have drawn.
+"""
+from typing import Dict, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .curriculum import force_prefix
+from .gating import Routing, routed_block
+from .policies import bounded, greedy
+from .reward import advantage, check_gamma, reward
+
+__all__ = [
+    'ENTROPY_FORMS', 'bernoulli_log_prob', 'entropy', 'row_uniforms', 'sample_with', 'curriculum_loss',
+    'finetune_loss', 'paired_logits', 'CurriculumStep', 'FinetuneStep',
+]
+
+ENTROPY_FORMS = ('reference', 'bernoulli')
+_EPS = 1e-15  # the reference code's clamp
+
+
+def bernoulli_log_prob(probs: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """log[s_k^u_k (1 - s_k)^(1 - u_k)] for each block (the summand of Eq. 5), shape (B, K)."""
+    p = torch.where(keep.to(probs.dtype) > 0.5, probs, 1.0 - probs)
+    return p.clamp_min(_EPS).log()
+
+
+def entropy(probs: torch.Tensor, form: str = 'reference') -> torch.Tensor:
+    """Per-block entropy bonus of the (bounded) probabilities, shape (B, K).
+
+    ``'reference'``: -s log s, what the reference implementation (Tushar-N/blockdrop, cl_training.py) adds with
+    beta = 0.1; it omits the -(1 - s) log(1 - s) half of the Bernoulli entropy, so it peaks at s = 1/e rather
+    than 0.5 (a slight push towards dropping). ``'bernoulli'``: the full entropy -s log s - (1 - s) log(1 - s).
+    """
+    if form not in ENTROPY_FORMS:
+        raise ValueError(f"entropy form must be one of {', '.join(ENTROPY_FORMS)}, got {form!r}")
+    p = probs.clamp(_EPS, 1.0 - _EPS)
+    h = -p * p.log()
+    if form == 'bernoulli':
+        h = h - (1.0 - p) * (1.0 - p).log()
+    return h
+
+
+def row_uniforms(seeds: Union[torch.Tensor, Sequence[int]], num_blocks: int) -> torch.Tensor:
+    """(B, K) uniforms on CPU, row i drawn from a generator seeded with ``seeds[i]``."""
+    seeds = seeds.tolist() if isinstance(seeds, torch.Tensor) else list(seeds)
+    gen = torch.Generator()
+    out = torch.empty(len(seeds), num_blocks)
+    for i, s in enumerate(seeds):
+        gen.manual_seed(int(s))
+        out[i] = torch.rand(num_blocks, generator=gen)
+    return out
+
+
+def sample_with(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """u ~ Bernoulli(probs) from given uniforms: u_k = 1 where uniform_k < s'_k (Alg. 1 line 9)."""
+    return (uniforms.to(probs.device) < probs.detach()).to(probs.dtype)
+
+
+def curriculum_loss(
+        probs: torch.Tensor, keep: torch.Tensor, adv: torch.Tensor, n_forced: int = 0, beta: float = 0.1,
+        entropy_form: str = 'reference',
+) -> torch.Tensor:
+    """Stage-1 loss: (sum_{b, k >= n_forced} -log pi(u_bk) A_b  -  beta sum_{b, k} H(s'_bk)) / B.
+
+    ``probs`` are the bounded probabilities s' that ``keep`` (u) was sampled from, ``adv`` the (B,) advantages.
+    As in the reference code, the policy-gradient term covers only the blocks the policy decides at this stage of
+    the curriculum, the entropy bonus all K blocks, and the sum is divided by the batch size.
+    """
+    log_prob = bernoulli_log_prob(probs, keep)
+    pg = -(log_prob[:, n_forced:] * adv.detach()[:, None]).sum()
+    bonus = entropy(probs, entropy_form).sum()
+    return (pg - beta * bonus) / probs.shape[0]
+
+
+def finetune_loss(
+        probs: torch.Tensor, keep: torch.Tensor, adv: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,
+        pg_weight: float = 1.0, beta: float = 0.0, entropy_form: str = 'reference',
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stage-2 loss: pg_weight * mean_b(-sum_k log pi(u_bk) A_b) + cross_entropy(logits under u, targets).
+
+    The reference code sums the policy-gradient term over the batch and averages the cross-entropy; with
+    ``pg_weight`` = the global batch size this is exactly that, independently of how the batch is split over
+    processes and accumulation steps (DDP and accumulation average per-process means). ``beta`` > 0 adds an
+    entropy bonus (the reference has none in this stage). Returns (loss, policy-gradient term, cross-entropy).
+    """
+    pg = (-bernoulli_log_prob(probs, keep).sum(1) * adv.detach()).mean() * pg_weight
+    ce = F.cross_entropy(logits.float(), targets)
+    loss = pg + ce
+    if beta:
+        loss = loss - beta * entropy(probs, entropy_form).sum(1).mean()
+    return loss, pg, ce
+
+
+def paired_logits(model, images: torch.Tensor, keep_a: torch.Tensor, keep_b: torch.Tensor):
+    """Logits of ``model`` under two (B, K) policies, each row computed once until the two policies differ.
+
+    Row i of both passes is the same computation up to the first block where ``keep_a[i]`` and ``keep_b[i]``
+    disagree (e.g. the curriculum's forced prefix); only from there on does row i of ``keep_b`` get activations of
+    its own. Blocks run routed (each on the rows that keep it). For no-grad passes with the ResNet in eval mode
+    (curriculum learning); in train mode BatchNorm statistics would depend on how the rows are batched.
+    """
+    a = keep_a.detach().to('cpu') != 0
+    b = keep_b.detach().to('cpu') != 0
+    if a.shape != b.shape or a.dim() != 2 or a.shape[1] != model.num_blocks:
+        raise ValueError(f'keep_a and keep_b must both have shape (B, K={model.num_blocks}), '
+                         f'got {tuple(a.shape)} and {tuple(b.shape)}')
+    batch, num_blocks = a.shape
+    differs = a != b
+    first = torch.where(differs.any(1), differs.int().argmax(1), torch.full((batch,), num_blocks))
+    h = model.forward_stem(images)
+    own_b = torch.empty(0, dtype=torch.long)  # rows of keep_b that have their own activations, in hb's order
+    hb = h[:0]
+    for k, block in enumerate(model.blocks):
+        new = (first == k).nonzero().flatten()
+        if new.numel():
+            hb = torch.cat([hb, h.index_select(0, new.to(h.device))])
+            own_b = torch.cat([own_b, new])
+        column = torch.cat([a[:, k], b[own_b, k]])
+        both = torch.cat([h, hb]) if own_b.numel() else h
+        both = routed_block(block, both, Routing(column[:, None], device=h.device)[0])
+        h, hb = both[:batch], both[batch:]
+    logits = model.forward_head(torch.cat([h, hb]) if own_b.numel() else h)
+    logits_a = logits[:batch]
+    logits_b = logits_a.clone()
+    if own_b.numel():
+        logits_b[own_b.to(logits.device)] = logits[batch:]
+    return logits_a, logits_b
+
+
+def _sampled_and_greedy(model, images: torch.Tensor, seeds: torch.Tensor):
+    """s (float32), s' = bounded(s), u ~ Bernoulli(s') from the rows' seeds, and u~ = greedy(s)."""
+    probs = model.policy_probs(images).float()
+    probs_b = bounded(probs, model.alpha)
+    with torch.no_grad():
+        keep = sample_with(probs_b, row_uniforms(seeds, model.num_blocks))
+        keep_greedy = greedy(probs.detach(), model.threshold)
+    return probs, probs_b, keep, keep_greedy
+
+
+class CurriculumStep(nn.Module):
+    """One curriculum-learning step (Alg. 1 lines 4-12): the loss of the policy on a batch, ResNet frozen.
+
+    ``forward(images, targets, seeds, n_forced)`` returns a dict: ``loss`` (to back-propagate), and per row
+    ``keep`` (u), ``correct`` and ``reward`` (R(u)), ``greedy_reward`` (R(u~)).
+    """
+
+    def __init__(self, model: nn.Module, gamma: float, beta: float = 0.1, entropy_form: str = 'reference'):
+        super().__init__()
+        if entropy_form not in ENTROPY_FORMS:
+            raise ValueError(f"entropy form must be one of {', '.join(ENTROPY_FORMS)}, got {entropy_form!r}")
+        self.model = model
+        self.gamma = check_gamma(gamma)
+        self.beta = float(beta)
+        self.entropy_form = entropy_form
+        model.base.requires_grad_(False)
+        model.base.eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.model.base.eval()  # frozen: BatchNorm keeps its running statistics
+        return self
+
+    def forward(self, images: torch.Tensor, targets: torch.Tensor, seeds: torch.Tensor,
+                n_forced: int = 0) -> Dict[str, torch.Tensor]:
+        model = self.model
+        probs, probs_b, keep, keep_greedy = _sampled_and_greedy(model, images, seeds)
+        keep = force_prefix(keep, n_forced)
+        keep_greedy = force_prefix(keep_greedy, n_forced)
+        with torch.inference_mode():
+            logits, logits_greedy = paired_logits(model, images, keep, keep_greedy)
+            correct = logits.argmax(1) == targets
+            r = reward(keep, correct, self.gamma)
+            r_greedy = reward(keep_greedy, logits_greedy.argmax(1) == targets, self.gamma)
+            adv = advantage(r, r_greedy)
+        # inference-mode tensors cannot be saved for backward: clone them into ordinary ones
+        adv, correct, r, r_greedy = adv.clone(), correct.clone(), r.clone(), r_greedy.clone()
+        loss = curriculum_loss(probs_b, keep, adv, n_forced, self.beta, self.entropy_form)
+        return dict(loss=loss, keep=keep, correct=correct, reward=r, greedy_reward=r_greedy)
+
+
+class FinetuneStep(nn.Module):
+    """One joint-finetuning step (Alg. 1 line 15): policy-gradient loss + cross-entropy under the sampled policy.
+
+    ``pg_weight`` scales the per-row mean of the policy-gradient term (the global batch size reproduces the
+    reference's sum over the batch); ``mode`` is how the sampled pass runs the blocks ('masked', as the reference:
+    every block on the whole batch; or 'routed': each block only on the rows that keep it, which changes what
+    BatchNorm's batch statistics see). The greedy pass runs under no_grad on the shared stem output.
+    """
+
+    def __init__(self, model: nn.Module, gamma: float, pg_weight: float = 1.0, beta: float = 0.0,
+                 entropy_form: str = 'reference', mode: str = 'masked'):
+        super().__init__()
+        if mode not in ('masked', 'routed'):
+            raise ValueError(f"mode must be 'masked' or 'routed', got {mode!r}")
+        if entropy_form not in ENTROPY_FORMS:
+            raise ValueError(f"entropy form must be one of {', '.join(ENTROPY_FORMS)}, got {entropy_form!r}")
+        self.model = model
+        self.gamma = check_gamma(gamma)
+        self.pg_weight = float(pg_weight)
+        self.beta = float(beta)
+        self.entropy_form = entropy_form
+        self.mode = mode
+        model.requires_grad_(True)
+
+    def forward(self, images: torch.Tensor, targets: torch.Tensor, seeds: torch.Tensor) -> Dict[str, torch.Tensor]:
+        model = self.model
+        probs, probs_b, keep, keep_greedy = _sampled_and_greedy(model, images, seeds)
+        h = model.forward_stem(images)
+        logits = model.forward_head(model.forward_blocks(h, keep, mode=self.mode))
+        with torch.no_grad():
+            logits_greedy = model.forward_head(model.forward_blocks(h.detach(), keep_greedy, mode=self.mode))
+            correct = logits.detach().argmax(1) == targets
+            r = reward(keep, correct, self.gamma)
+            r_greedy = reward(keep_greedy, logits_greedy.argmax(1) == targets, self.gamma)
+            adv = advantage(r, r_greedy)
+        loss, pg, ce = finetune_loss(probs_b, keep, adv, logits, targets, self.pg_weight, self.beta,
+                                     self.entropy_form)
+        return dict(loss=loss, pg_loss=pg.detach(), ce_loss=ce.detach(), keep=keep, correct=correct, reward=r,
+                    greedy_reward=r_greedy)
