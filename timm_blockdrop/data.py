@@ -102,3 +102,149 @@ def make_loader(dataset, batch_size: int, shuffle: bool = False, num_workers: in
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, collate_fn=_collate,
         persistent_workers=num_workers > 0, **kwargs)
+
+
+# ---- training data: per-sample seeds (added with the training recipes) ----
+#
+# All randomness of a training sample (its augmentation and the Bernoulli draws of its policy) comes from seeds
+# that are a function of (run seed, epoch, sample index) alone. Batches are then the same whatever the number of
+# processes and whether or not the run was interrupted and resumed: no RNG state has to follow a prefetching
+# data loader around.
+
+__all__ += ['INDEX_COLUMN', 'SampleSeeds', 'with_index', 'with_seeded_transform', 'make_train_loader',
+            'streaming_train_split']
+
+INDEX_COLUMN = '__index__'
+
+
+class SampleSeeds:
+    """Two 32-bit seeds per sample (augmentation, policy), from ``SeedSequence((seed, stream, epoch, index))``.
+
+    ``stream`` separates otherwise equal indices (e.g. the process of a streaming run, whose sample indices count
+    per process). Call ``set_epoch`` before each epoch's data loader is iterated.
+    """
+
+    def __init__(self, seed: int, stream: int = 0):
+        if int(seed) < 0 or int(stream) < 0:
+            raise ValueError(f'seed and stream must be >= 0, got {seed}, {stream}')
+        self.seed, self.stream, self.epoch = int(seed), int(stream), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __call__(self, index: int) -> Tuple[int, int]:
+        import numpy as np
+        aug, policy = np.random.SeedSequence((self.seed, self.stream, self.epoch, int(index))).generate_state(2)
+        return int(aug), int(policy)
+
+
+def with_index(dataset):
+    """The dataset with a column ``__index__`` holding each row's position (its identity for ``SampleSeeds``)."""
+    import datasets
+
+    if INDEX_COLUMN in (dataset.column_names or []):
+        return dataset
+    if isinstance(dataset, datasets.IterableDataset):
+        return dataset.map(lambda batch, idx: {INDEX_COLUMN: idx}, with_indices=True, batched=True)
+    return dataset.add_column(INDEX_COLUMN, list(range(len(dataset))))
+
+
+def _rgb(image):
+    """A PIL RGB image from a decoded image or an undecoded {'bytes', 'path'} dict."""
+    if isinstance(image, dict):
+        import io
+        from PIL import Image
+        image = Image.open(io.BytesIO(image['bytes']) if image.get('bytes') else image['path'])
+    return image.convert('RGB')
+
+
+def _seeded(transform: Callable, image, seed: int):
+    """``transform(image)`` with torch's and Python's global RNGs seeded by ``seed`` (and restored after)."""
+    import random
+
+    py_state = random.getstate()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        try:
+            return transform(image)
+        finally:
+            random.setstate(py_state)
+
+
+def with_seeded_transform(dataset, transform: Callable, image_column: str, label_column: str, seeds: SampleSeeds):
+    """Like ``with_transform``, but each image is augmented under RNGs seeded by ``seeds(index)`` and each row
+    also carries its policy seed: rows of {'pixel_values', 'label', 'seed'}.
+
+    The dataset needs the ``__index__`` column of ``with_index``. Map-style datasets get the transform through
+    ``set_transform`` (lazily, in the data loader's workers); streaming ones through ``map``.
+    """
+    import datasets
+
+    names = dataset.column_names or list(dataset.features or {})
+    if names and INDEX_COLUMN not in names:  # (a streaming dataset after map() may not know its columns)
+        raise ValueError(f'with_seeded_transform needs the {INDEX_COLUMN} column of with_index(); columns: {names}')
+
+    def apply(batch):
+        pixels, policy_seeds = [], []
+        for index, image in zip(batch[INDEX_COLUMN], batch[image_column]):
+            aug_seed, policy_seed = seeds(index)
+            pixels.append(_seeded(transform, _rgb(image), aug_seed))
+            policy_seeds.append(policy_seed)
+        return {'pixel_values': pixels, 'label': batch[label_column], 'seed': policy_seeds}
+
+    if isinstance(dataset, datasets.IterableDataset):
+        return dataset.map(apply, batched=True, remove_columns=names or [INDEX_COLUMN, image_column, label_column])
+    dataset.set_transform(apply)
+    return dataset
+
+
+def _collate_train(rows):
+    return {
+        'pixel_values': torch.stack([r['pixel_values'] for r in rows]),
+        'label': torch.tensor([r['label'] for r in rows]),
+        'seed': torch.tensor([r['seed'] for r in rows], dtype=torch.long),
+    }
+
+
+def make_train_loader(dataset, batch_size: int, shuffle: bool = True, num_workers: int = 0, drop_last: bool = True):
+    """Batches of {'pixel_values', 'label', 'seed'} from ``with_seeded_transform`` rows.
+
+    Workers are not persistent: they are forked at each epoch, so they see the epoch set on ``SampleSeeds``.
+    """
+    import datasets
+
+    if isinstance(dataset, datasets.IterableDataset):
+        shuffle = False  # a streaming dataset shuffles itself (IterableDataset.shuffle)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, collate_fn=_collate_train,
+        drop_last=drop_last, persistent_workers=False)
+
+
+def streaming_train_split(data: str, split: str, image_column: Optional[str], label_column: Optional[str],
+                          seed: int, shuffle_buffer: int, process_index: int = 0, num_processes: int = 1,
+                          max_samples: Optional[int] = None):
+    """A streaming split for training: (dataset, image column, label column, number of rows).
+
+    Images stay undecoded until the transform (skipping rows on resume costs no decoding); rows are shuffled in a
+    buffer of ``shuffle_buffer`` (reshuffled by ``set_epoch``), optionally cut to ``max_samples``, split between
+    processes (``datasets.distributed.split_dataset_by_node``) and indexed per process (``with_index``).
+    """
+    import datasets
+    from datasets.distributed import split_dataset_by_node
+
+    dataset = load_split(data, split, streaming=True)
+    image_column, label_column = find_columns(dataset, image_column, label_column)
+    total = None
+    if dataset.info.splits and split in dataset.info.splits:
+        total = dataset.info.splits[split].num_examples
+    if max_samples is not None:
+        dataset = dataset.take(max_samples)
+        total = max_samples if total is None else min(total, max_samples)
+    if total is None:
+        raise ValueError(f'streaming dataset {data} does not say how many rows its {split} split has; '
+                         f'set max_train_samples')
+    dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
+    dataset = dataset.shuffle(seed=seed, buffer_size=shuffle_buffer)
+    dataset = split_dataset_by_node(dataset, rank=process_index, world_size=num_processes)
+    return with_index(dataset), image_column, label_column, total
