@@ -1,0 +1,246 @@
+"""Training configuration: a YAML file of known keys, overridden from the command line.
+
+``load_config(path, overrides)`` reads ``recipes/configs/*.yaml``, applies overrides (``--epochs 3`` or
+``--set key=value``), checks every key and value, and returns a ``TrainConfig``. Unknown keys, wrong types and
+values outside their range are errors that name the key. ``${BLOCKDROP_SHARED}`` in a string value is the shared
+folder (the environment variable, default ``../shared``). Each run writes its resolved config next to its metrics
+(``save_config``), so every number it produced can be regenerated from what sits beside it.
+"""
+import dataclasses
+import difflib
+import math
+import os
+import string
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import yaml
+
+from .curriculum import check_cl_step
+from .policies import check_alpha, check_threshold
+from .reinforce import ENTROPY_FORMS
+from .reward import check_gamma
+
+__all__ = ['STAGES', 'TrainConfig', 'load_config', 'parse_set', 'save_config', 'config_keys']
+
+STAGES = ('curriculum', 'finetune')
+SCHEDULES = ('cosine', 'step')
+PRECISIONS = ('no', 'fp16', 'bf16')
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run; the YAML files in recipes/configs set these keys."""
+
+    stage: str = 'curriculum'               # curriculum (stage 1: policy only) | finetune (stage 2: policy + ResNet)
+    # ---- model ----
+    model: str = 'cifar_resnet32'           # timm name of the base ResNet
+    pretrained_file: Optional[str] = None   # its weight file (None: timm's pretrained weights for `model`)
+    model_kwargs: Dict[str, Any] = field(default_factory=dict)  # base construction arguments, e.g. {shortcut: B}
+    policy_model: Optional[str] = None      # policy network (None: ResNet-8 for CIFAR, ResNet-10 @112 px otherwise)
+    init_from: Optional[str] = None         # finetune: the curriculum's output folder (or its model/ folder)
+    # ---- data (HF datasets: a Hub id or a local folder) ----
+    data: str = '${BLOCKDROP_SHARED}/data/cifar10'
+    train_split: str = 'train'
+    eval_split: str = 'test'
+    image_column: Optional[str] = None      # None: the datasets.Image column
+    label_column: Optional[str] = None      # None: the ClassLabel column
+    streaming: bool = False                 # stream the training split (ImageNet); the eval split is downloaded
+    shuffle_buffer: int = 10000             # streaming shuffle buffer
+    max_train_samples: Optional[int] = None
+    max_eval_samples: Optional[int] = None
+    num_workers: int = 4
+    # ---- algorithm (paper Sec. 3.3) ----
+    alpha: float = 0.8                      # exploration bound: s' = alpha s + (1 - alpha)(1 - s), in (0.5, 1]
+    gamma: float = 1.0                      # penalty of a wrong prediction: its reward is -gamma (Eq. 3)
+    beta: float = 0.1                       # entropy bonus (curriculum; the reference has none in finetuning)
+    entropy: str = 'reference'              # reference (-s log s, as Tushar-N/blockdrop) | bernoulli (full entropy)
+    cl_step: int = 1                        # curriculum: blocks handed to the policy per epoch
+    threshold: float = 0.5                  # greedy policy: keep block k where s_k >= threshold
+    exec_mode: str = 'masked'               # finetune: sampled pass masked (as the reference) or routed
+    # ---- optimisation ----
+    epochs: int = 1
+    batch_size: int = 256                   # global: over all processes and accumulation steps
+    gradient_accumulation_steps: int = 1
+    eval_batch_size: int = 256              # per process
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    lr_schedule: str = 'cosine'             # cosine (to min_lr) | step (x decay_ratio at each of decay_epochs)
+    warmup_epochs: float = 0.0              # linear warmup from 0
+    min_lr: float = 0.0                     # cosine floor
+    decay_epochs: List[float] = field(default_factory=list)
+    decay_ratio: float = 0.1
+    mixed_precision: str = 'no'             # no | fp16 | bf16
+    seed: int = 0
+    # ---- outputs ----
+    output_dir: str = 'outputs/run'
+    checkpoint_every_steps: int = 500       # optimizer steps between checkpoints (also saved at each epoch end)
+    keep_checkpoints: int = 2               # newest checkpoints kept
+    log_every_steps: int = 10               # optimizer steps between lines of steps.jsonl
+    eval_every_epochs: int = 1              # evaluate every N epochs (and after the last)
+    eval_at_start: bool = False             # evaluate once before training (epoch 0 of metrics.jsonl)
+
+    def per_device_batch_size(self, num_processes: int) -> int:
+        """The batch each process runs per forward: batch_size / (processes x accumulation steps)."""
+        split = num_processes * self.gradient_accumulation_steps
+        if self.batch_size % split:
+            raise ValueError(f'batch_size {self.batch_size} (global) is not divisible by {num_processes} processes x '
+                             f'{self.gradient_accumulation_steps} gradient accumulation steps')
+        return self.batch_size // split
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def config_keys() -> List[str]:
+    return [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+def _shared_dir() -> str:
+    return os.environ.get('BLOCKDROP_SHARED', '../shared')
+
+
+def _expand(value):
+    if isinstance(value, str):
+        return string.Template(value).safe_substitute(BLOCKDROP_SHARED=_shared_dir())
+    return value
+
+
+def _coerce(key: str, value, annotation):
+    """``value`` as the type ``annotation`` of ``key`` says, or a ValueError naming the key."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Union and type(None) in args:
+        if value is None:
+            return None
+        annotation = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+
+    def bad(what):
+        return ValueError(f"config key '{key}' must be {what}, got {value!r}")
+
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad('true or false')
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise bad('an integer')
+        try:
+            number = float(value)
+        except ValueError:
+            raise bad('an integer') from None
+        if not number.is_integer():
+            raise bad('an integer')
+        return int(number)
+    if annotation is float:
+        if isinstance(value, bool):
+            raise bad('a number')
+        try:
+            number = float(value)  # YAML reads 1e-3 (no dot) as a string
+        except (TypeError, ValueError):
+            raise bad('a number') from None
+        if not math.isfinite(number):
+            raise bad('a finite number')
+        return number
+    if annotation is str:
+        if not isinstance(value, str):
+            raise bad('a string')
+        return _expand(value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad('a mapping')
+        return {k: _expand(v) for k, v in value.items()}
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise bad('a list')
+        return [_coerce(key, v, args[0]) for v in value]
+    raise TypeError(f'unsupported config type {annotation} for {key}')
+
+
+def _check(config: TrainConfig) -> TrainConfig:
+    def positive(key, allow_zero=False):
+        v = getattr(config, key)
+        if v is not None and (v < 0 or (v == 0 and not allow_zero)):
+            raise ValueError(f"config key '{key}' must be {'>= 0' if allow_zero else '> 0'}, got {v}")
+
+    def one_of(key, choices):
+        if getattr(config, key) not in choices:
+            raise ValueError(f"config key '{key}' must be one of {', '.join(choices)}, got {getattr(config, key)!r}")
+
+    one_of('stage', STAGES)
+    one_of('lr_schedule', SCHEDULES)
+    one_of('mixed_precision', PRECISIONS)
+    one_of('entropy', ENTROPY_FORMS)
+    one_of('exec_mode', ('masked', 'routed'))
+    config.alpha = check_alpha(config.alpha)
+    config.gamma = check_gamma(config.gamma)
+    config.threshold = check_threshold(config.threshold)
+    config.cl_step = check_cl_step(config.cl_step)
+    for key in ('batch_size', 'gradient_accumulation_steps', 'eval_batch_size', 'lr', 'checkpoint_every_steps',
+                'keep_checkpoints', 'log_every_steps', 'eval_every_epochs', 'shuffle_buffer',
+                'max_train_samples', 'max_eval_samples'):
+        positive(key)
+    for key in ('epochs', 'beta', 'weight_decay', 'warmup_epochs', 'min_lr', 'num_workers', 'seed'):
+        positive(key, allow_zero=True)
+    if not 0 < config.decay_ratio <= 1:
+        raise ValueError(f"config key 'decay_ratio' must lie in (0, 1], got {config.decay_ratio}")
+    if config.min_lr > config.lr:
+        raise ValueError(f"config key 'min_lr' ({config.min_lr}) must not exceed 'lr' ({config.lr})")
+    if config.init_from and config.stage != 'finetune':
+        raise ValueError("config key 'init_from' is for stage finetune (a curriculum output folder)")
+    config.per_device_batch_size(1)  # batch_size divisible by the accumulation steps
+    return config
+
+
+def load_config(path: Optional[str], overrides: Optional[Dict[str, Any]] = None) -> TrainConfig:
+    """The config of YAML file ``path`` (None: the defaults) with ``overrides`` applied, checked."""
+    values: Dict[str, Any] = {}
+    if path is not None:
+        file = Path(path)
+        if not file.is_file():
+            raise FileNotFoundError(f'config file not found: {path}')
+        try:
+            loaded = yaml.safe_load(file.read_text())
+        except yaml.YAMLError as e:
+            raise ValueError(f'config file {path} is not valid YAML: {e}') from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f'config file {path} must be a mapping of keys to values, got {type(loaded).__name__}')
+        values.update(loaded)
+    values.update({k: v for k, v in (overrides or {}).items()})
+    known = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    hints = typing.get_type_hints(TrainConfig)
+    unknown = [k for k in values if k not in known]
+    if unknown:
+        where = f' in {path}' if path else ''
+        msgs = []
+        for k in unknown:
+            close = difflib.get_close_matches(str(k), known, n=1)
+            msgs.append(f"'{k}'" + (f" (did you mean '{close[0]}'?)" if close else ''))
+        raise ValueError(f"unknown config key{'s' if len(unknown) > 1 else ''} {', '.join(msgs)}{where}; "
+                         f"known keys: {', '.join(known)}")
+    kwargs = {k: _coerce(k, v, hints[k]) for k, v in values.items()}
+    config = TrainConfig(**kwargs)
+    config.data = _expand(config.data)
+    return _check(config)
+
+
+def parse_set(items: Optional[List[str]]) -> Dict[str, Any]:
+    """``--set key=value`` items as a dict; values are read as YAML (``--set decay_epochs=[10,20]``)."""
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition('=')
+        if not sep or not key:
+            raise ValueError(f'--set expects key=value, got {item!r}')
+        out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+    return out
+
+
+def save_config(config: TrainConfig, path) -> None:
+    """Write the resolved config as YAML (loadable by ``load_config``)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
