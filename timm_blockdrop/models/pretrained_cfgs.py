@@ -1,40 +1,90 @@
 """Pretrained tags of the blockdrop_* entries: data config, licence, provenance and where weights live.
 
-``blockdrop.py`` turns this into its ``default_cfgs`` with timm's ``generate_default_cfgs``.
+``blockdrop.py`` turns this into its ``default_cfgs`` with timm's ``generate_default_cfgs``. Every tag's
+weights live on the Hugging Face Hub under ``HUB_ORG`` as ``HUB_ORG/<entry>.<tag>`` (timm's own convention,
+``timm/<entry>.<tag>``), so ``timm.create_model('blockdrop_cifar_resnet32', pretrained=True)`` downloads them
+through timm's normal machinery. ``blockdrop publish`` (``timm_blockdrop/hub.py``) writes those repos.
 """
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from .cifar_resnet import CIFAR10_MEAN, CIFAR10_STD
+from .cifar_resnet import CIFAR100_MEAN, CIFAR100_STD, CIFAR10_MEAN, CIFAR10_STD
 
 PAPER_ID = 'arXiv:1711.08393'
+PAPER_NAME = 'BlockDrop: Dynamic Inference Paths in Residual Networks'
 ORIGIN_URL = 'https://github.com/Tushar-N/blockdrop'
+# the project's Hugging Face Hub organisation: the one place it is named
+HUB_ORG = 'timm-blockdrop'
+
+# pretrained tag -> the data set it names: Hub id, display name, evaluation split and its size
+DATASETS = {
+    'cifar10': dict(hub_id='uoft-cs/cifar10', name='CIFAR-10', split='test', num_images=10000),
+    'cifar100': dict(hub_id='uoft-cs/cifar100', name='CIFAR-100', split='test', num_images=10000),
+    'in1k': dict(hub_id='ILSVRC/imagenet-1k', name='ImageNet-1k', split='validation', num_images=50000),
+}
+
+# 'entry.tag' whose weights are published under HUB_ORG (README, "Publishing to the Hub", lists the same)
+RELEASED_TAGS = frozenset()
+
+_CIFAR10_BASE = 'akamaster/pytorch_resnet_cifar10 weights (BSD 2-Clause), shortcut A'
 
 
-def _cfg(**kwargs) -> Dict[str, Any]:
-    return {
-        'url': '', 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
+def hub_id(name: str) -> str:
+    """The Hub repo of a pretrained tag, ``'blockdrop_cifar_resnet32.cifar10'`` -> ``'timm-blockdrop/...'``."""
+    return f'{HUB_ORG}/{name}'
+
+
+def release_status(name: str) -> Optional[str]:
+    """For an 'entry.tag' of this project with no released weights: a sentence saying why and how to get them."""
+    entry, _, tag = name.partition('.')
+    if not entry.startswith('blockdrop_') or name in RELEASED_TAGS:
+        return None
+    if tag == 'in1k':
+        return (f'no weights are released for {name} yet: ImageNet BlockDrop models need a GPU cluster with '
+                f'ImageNet and are trained with the ImageNet recipe (recipes/configs/imagenet_resnet101_cl.yaml, '
+                f'then _ft.yaml)')
+    return (f'no weights are released for {name} yet: the CIFAR weights come from the reproduction runs of the '
+            f'training recipes (recipes/configs/); see README, "Publishing to the Hub"')
+
+
+def _cfg(name: str, dataset: str, base: str, **kwargs) -> Dict[str, Any]:
+    data = DATASETS[dataset]
+    policy = 'ResNet-10 on the image average-pooled to 112 px' if dataset == 'in1k' else 'ResNet-8 at 32 px'
+    cfg = {
+        'url': '', 'hf_hub_id': hub_id(name), 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
         'crop_pct': 0.875, 'interpolation': 'bilinear',
         'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
         'first_conv': ('base.conv1', 'policy.conv1'), 'classifier': 'base.fc',
-        'license': 'apache-2.0', 'paper_ids': PAPER_ID, 'origin_url': ORIGIN_URL,
-        **kwargs,
+        'license': 'apache-2.0', 'paper_ids': PAPER_ID, 'paper_name': PAPER_NAME, 'origin_url': ORIGIN_URL,
+        'description': f"BlockDrop {name.split('.')[0][len('blockdrop_'):]} trained on {data['name']}",
+        'notes': (f"dataset: {data['hub_id']}", f'base: {base}', f'policy: {policy}'),
     }
+    cfg.update(kwargs)
+    return cfg
 
 
-def _cifar_cfg(**kwargs) -> Dict[str, Any]:
-    return _cfg(**dict(dict(
+def _cifar_cfg(name: str, dataset: str, base: str, **kwargs) -> Dict[str, Any]:
+    return _cfg(name, dataset, base, **dict(dict(
         num_classes=10, input_size=(3, 32, 32), pool_size=(8, 8), crop_pct=1.0,
         mean=CIFAR10_MEAN, std=CIFAR10_STD), **kwargs))
 
 
 def blockdrop_pretrained_cfgs() -> Dict[str, Dict[str, Any]]:
-    """``{'entry.tag': cfg}`` for every blockdrop_* entry."""
-    return {
-        **{f'blockdrop_resnet{d}.in1k': _cfg(notes=(f'base: timm resnet{d}', 'policy: ResNet-10 at 112 px'))
-           for d in (18, 34, 50, 101, 152)},
-        **{f'blockdrop_cifar_resnet{d}.cifar10': _cifar_cfg(
-            notes=(f'base: cifar_resnet{d} (shortcut A)', 'policy: ResNet-8 at 32 px'))
-           for d in (20, 32, 44, 56, 110)},
-    }
+    """``{'entry.tag': cfg}`` for every blockdrop_* entry (the first tag of an entry is its default)."""
+    cfgs = {}
+    for d in (18, 34, 50, 101, 152):
+        name = f'blockdrop_resnet{d}.in1k'
+        # timm's default resnet{d} weights (apache-2.0), as the ImageNet recipe loads them
+        cfgs[name] = _cfg(name, 'in1k', f"resnet{d}.{'a1h' if d >= 101 else 'a1'}_in1k (timm)")
+    for d in (20, 32, 44, 56):
+        name = f'blockdrop_cifar_resnet{d}.cifar10'
+        cfgs[name] = _cifar_cfg(name, 'cifar10', f'cifar_resnet{d}.cifar10 ({_CIFAR10_BASE})', license='bsd-2-clause')
+    name = 'blockdrop_cifar_resnet110.cifar10'
+    cfgs[name] = _cifar_cfg(name, 'cifar10', 'cifar_resnet110, trained by this project (shortcut A)')
+    name = 'blockdrop_cifar_resnet56.cifar100'
+    cfgs[name] = _cifar_cfg(
+        name, 'cifar100', 'cifar_resnet56.cifar100 (chenyaofo/pytorch-cifar-models weights, BSD 3-Clause), '
+                          "shortcut B: create with base_kwargs={'shortcut': 'B'}",
+        num_classes=100, mean=CIFAR100_MEAN, std=CIFAR100_STD, license='bsd-3-clause')
+    return cfgs
