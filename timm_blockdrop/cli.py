@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+from . import hub
 from .checkpoints import CheckpointError
 from .models.blockdrop import UnsupportedModelError
 
@@ -77,6 +78,7 @@ def run_eval(args) -> dict:
 # subcommand name -> (function adding its parser to the subparsers, function running it on the parsed args)
 COMMANDS = {
     'eval': (_add_eval, run_eval),
+    'publish': (hub.add_publish_arguments, hub.run_publish),
 }
 
 
