@@ -76,8 +76,19 @@ def run_eval(args) -> dict:
 
 
 # subcommand name -> (function adding its parser to the subparsers, function running it on the parsed args)
+def _add_bench(sub) -> None:
+    from .bench import add_bench_arguments
+    add_bench_arguments(sub)
+
+
+def _run_bench(args):
+    from .bench import run_bench
+    return run_bench(args)
+
+
 COMMANDS = {
     'eval': (_add_eval, run_eval),
+    'bench': (_add_bench, _run_bench),
     'publish': (hub.add_publish_arguments, hub.run_publish),
 }
 

@@ -20,6 +20,7 @@ from timm.models._features import feature_take_indices
 
 from ..checkpoints import CheckpointError, build_with_clear_errors, check_state_dict_fits
 from ..flops import BlockFlops, block_flops_table, count_flops, frozen_eval
+from ..fast import InferenceEngine
 from ..gating import Routing, masked_block, routed_block
 from ..policies import check_alpha, check_threshold, greedy, straight_through
 from .cifar_resnet import CifarResNet
@@ -57,6 +58,10 @@ def _stages(base: nn.Module) -> List[nn.Sequential]:
         stages.append(getattr(base, f'layer{i}'))
         i += 1
     return stages
+
+
+def _drop_engine(module: 'BlockDropResNet', incompatible_keys) -> None:
+    module._engine = None  # weights were loaded: rebuild the inference engine on the next eval call
 
 
 def _prefix_pattern(pattern: str, prefix: str) -> str:
@@ -98,6 +103,9 @@ class BlockDropResNet(nn.Module):
         self.alpha = check_alpha(alpha)
         self._threshold = check_threshold(threshold)
         self.grad_checkpointing = False
+        self.fast_inference = True  # eval + no autograd: fused, routed InferenceEngine (timm_blockdrop.fast)
+        self._engine: Optional[InferenceEngine] = None
+        self.register_load_state_dict_post_hook(_drop_engine)
         self._flops_cache: Dict[Tuple[int, int], Tuple[BlockFlops, int]] = {}
         if base is None:
             if not is_model(base_model):
@@ -196,6 +204,25 @@ class BlockDropResNet(nn.Module):
         self._flops_cache.clear()
         return take_indices
 
+    def _apply(self, fn, *args, **kwargs):
+        self._engine = None  # parameters may be replaced (.to(), .half()): rebuild the inference engine
+        return super()._apply(fn, *args, **kwargs)
+
+    def train(self, mode: bool = True):
+        self._engine = None  # weights and BN statistics change in training: rebuild on the next eval call
+        return super().train(mode)
+
+    def inference_engine(self) -> InferenceEngine:
+        """The fused, routed inference copy of this model, rebuilt whenever a weight changed."""
+        if self._engine is None or self._engine.is_stale():
+            with torch.no_grad():
+                self._engine = InferenceEngine(self)
+        return self._engine
+
+    def _fast(self, mode: Optional[str]) -> bool:
+        return (self.fast_inference and not self.training and not torch.is_grad_enabled()
+                and mode in (None, 'auto', 'routed'))
+
     # ---- policy ----
 
     def policy_probs(self, x: torch.Tensor) -> torch.Tensor:
@@ -207,6 +234,8 @@ class BlockDropResNet(nn.Module):
 
     def default_policy(self, x: torch.Tensor) -> torch.Tensor:
         """Train mode: a sampled policy with straight-through gradient; eval: greedy at ``threshold``."""
+        if self._fast(None):
+            return greedy(self.inference_engine().policy_probs(x), self.threshold)
         probs = self.policy_probs(x)
         if self.training:
             return straight_through(probs, self.alpha)
@@ -302,7 +331,14 @@ class BlockDropResNet(nn.Module):
         return self._gated(x, self.check_keep(keep, x.shape[0]), mode)[0]
 
     def forward_with_policy(self, x: torch.Tensor, keep: torch.Tensor, mode: Optional[str] = None) -> torch.Tensor:
-        """Logits of the ResNet run with an explicit (B, K) 0/1 policy ``keep`` (no policy network)."""
+        """Logits of the ResNet run with an explicit (B, K) 0/1 policy ``keep`` (no policy network).
+
+        ``mode``: 'masked' (every block on the whole batch, mixed by keep; differentiable), 'routed' (each
+        block only on the rows that keep it) or None/'auto' (routed in eval mode, masked in train mode). In
+        eval mode without autograd, routed runs on the fused ``inference_engine``.
+        """
+        if self._fast(mode):
+            return self.inference_engine().routed(x, self.check_keep(keep, x.shape[0]))
         return self.forward_head(self.forward_features_with_policy(x, keep, mode))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -312,6 +348,10 @@ class BlockDropResNet(nn.Module):
         return self.base.forward_head(x, pre_logits=pre_logits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._fast(None):
+            engine = self.inference_engine()
+            x = engine.prepare(x)
+            return engine.routed(x, greedy(engine.policy_probs(x), self.threshold))
         return self.forward_head(self.forward_features(x))
 
     def forward_intermediates(
