@@ -1,0 +1,163 @@
+"""Routed inference (timm_blockdrop.fast): equal to the masked reference per sample, never runs dropped blocks."""
+import json
+
+import pytest
+import timm
+import torch
+
+import timm_blockdrop
+from timm_blockdrop.cli import main
+from timm_blockdrop.fast import FastBlock
+
+
+@pytest.fixture(scope='module')
+def r32(resnet32_file):
+    base = timm.create_model('cifar_resnet32', pretrained=True, pretrained_cfg_overlay=dict(file=str(resnet32_file)))
+    return timm_blockdrop.wrap(base).eval()
+
+
+def _policies(batch, k, seed):
+    g = torch.Generator().manual_seed(seed)
+    keeps = [torch.ones(batch, k), torch.zeros(batch, k), (torch.rand(batch, k, generator=g) < 0.3).float(),
+             (torch.rand(batch, k, generator=g) < 0.7).float()]
+    mixed = (torch.rand(batch, k, generator=g) < 0.5).float()
+    mixed[0], mixed[-1] = 1, 0  # rows that keep all / drop all beside the others
+    return keeps + [mixed]
+
+
+@pytest.mark.parametrize('batch', [1, 7])
+@pytest.mark.parametrize('channels_last', [False, True])
+def test_routed_equals_masked_per_sample(r32, cifar_test_slice, batch, channels_last):
+    x = cifar_test_slice[0][:batch]
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    for keep in _policies(batch, r32.num_blocks, seed=batch):
+        with torch.no_grad():
+            masked = r32.forward_with_policy(x, keep, mode='masked')
+            fast = r32.forward_with_policy(x, keep)  # eval + no_grad: the fused inference engine
+            per_sample = torch.cat([r32.forward_with_policy(x[i:i + 1], keep[i:i + 1]) for i in range(batch)])
+        plain = r32.forward_with_policy(x, keep, mode='routed')  # autograd on: the modules themselves
+        assert torch.allclose(fast, masked, rtol=1e-4, atol=1e-4)
+        assert torch.allclose(per_sample, masked, rtol=1e-4, atol=1e-4)
+        assert torch.allclose(plain.detach(), masked, rtol=1e-5, atol=1e-5)
+        assert torch.equal(fast.argmax(1), masked.argmax(1))
+
+
+@pytest.mark.parametrize('name,shape', [('blockdrop_resnet18', (3, 3, 64, 64)), ('blockdrop_resnet50', (3, 3, 64, 64))])
+def test_routed_equals_masked_imagenet_blocks(name, shape):
+    """Bottlenecks and 1x1-conv downsamples (which dropped rows still pay for) route correctly too."""
+    m = timm.create_model(name).eval()
+    for mod in m.modules():  # non-trivial BN statistics, so that folding is exercised
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.1, 0.1)
+            mod.running_var.uniform_(0.5, 1.5)
+    x = torch.randn(*shape)
+    for keep in _policies(shape[0], m.num_blocks, seed=1):
+        with torch.no_grad():
+            ref = m.forward_with_policy(x, keep, mode='masked')
+            fast = m.forward_with_policy(x, keep)
+        assert torch.allclose(fast, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+
+
+def test_eval_forward_uses_greedy_policy(r32, cifar_test_slice):
+    x = cifar_test_slice[0][:16]
+    torch.nn.init.constant_(r32.policy.fc.bias, 0.0)
+    with torch.no_grad():
+        fast = r32(x)
+        keep = (r32.policy_probs(x) >= r32.threshold).float()
+        ref = r32.forward_with_policy(x, keep, mode='masked')
+    assert torch.allclose(fast, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_block_dropped_by_every_sample_never_runs(r32):
+    engine = r32.inference_engine()
+    calls = [0] * r32.num_blocks
+    originals = []
+    for i, block in enumerate(engine.base.blocks):
+        def counted(x, _i=i, _full=block.full):
+            calls[_i] += x.shape[0]
+            return _full(x)
+        originals.append(block.full)
+        block.full = counted
+    try:
+        keep = torch.ones(6, r32.num_blocks)
+        keep[:, 3] = 0          # dropped by all
+        keep[:2, 5] = 0         # kept by 4 of 6
+        with torch.no_grad():
+            r32.forward_with_policy(torch.randn(6, 3, 32, 32), keep)
+    finally:
+        for block, full in zip(engine.base.blocks, originals):
+            block.full = full
+    assert calls[3] == 0 and calls[5] == 4 and calls[0] == 6
+
+
+def test_module_path_never_runs_dropped_blocks(r32):
+    calls = {}
+    hooks = [b.register_forward_hook(lambda m, i, o, k=k: calls.__setitem__(k, calls.get(k, 0) + i[0].shape[0]))
+             for k, b in enumerate(r32.blocks)]
+    try:
+        keep = torch.ones(4, r32.num_blocks)
+        keep[:, 7] = 0
+        keep[1, 8] = 0
+        r32.forward_with_policy(torch.randn(4, 3, 32, 32), keep, mode='routed')
+    finally:
+        for h in hooks:
+            h.remove()
+    assert 7 not in calls and calls[8] == 3 and calls[0] == 4
+
+
+def test_engine_follows_weight_changes(r32, tmp_path):
+    x = torch.randn(2, 3, 32, 32)
+    keep = torch.ones(2, r32.num_blocks)
+    state = {k: v.clone() for k, v in r32.state_dict().items()}
+    try:
+        with torch.no_grad():
+            before = r32.forward_with_policy(x, keep)
+            r32.base.layer3[0].conv1.weight.mul_(0.5)  # in-place edit in eval mode
+            after = r32.forward_with_policy(x, keep)
+            assert not torch.allclose(before, after)
+            assert torch.allclose(after, r32.forward_with_policy(x, keep, mode='masked'), rtol=1e-4, atol=1e-4)
+            r32.load_state_dict(state)
+            assert torch.allclose(r32.forward_with_policy(x, keep), before)
+    finally:
+        r32.load_state_dict(state)
+
+
+def test_unfusable_blocks_fall_back_to_their_modules():
+    m = timm_blockdrop.wrap(timm.create_model('seresnet18')).eval()
+    engine = m.inference_engine()
+    assert all(b.fused is None for b in engine.base.blocks)  # squeeze-excite: not fused, still routed
+    x = torch.randn(3, 3, 64, 64)
+    keep = _policies(3, m.num_blocks, 2)[-1]
+    with torch.no_grad():
+        assert torch.allclose(m.forward_with_policy(x, keep), m.forward_with_policy(x, keep, mode='masked'),
+                              atol=1e-5)
+    assert isinstance(engine.base.blocks[0], FastBlock)
+
+
+def test_bench_end_to_end_writes_json(tmp_path, capsys):
+    out = tmp_path / 'bench.json'
+    assert main(['bench', '--model', 'blockdrop_cifar_resnet20', '--batch-sizes', '1,4', '--repeats', '2',
+                 '--threads', '1', '--json', str(out)]) == 0
+    results = json.loads(out.read_text())['results']
+    keys = {'model', 'batch_size', 'full_ms', 'full_timm_ms', 'full_fast_ms', 'masked_ms', 'routed_ms', 'ideal_ms',
+            'flops_ratio', 'efficiency', 'policy_ms'}
+    assert [r['batch_size'] for r in results] == [1, 4]
+    for r in results:
+        assert keys <= set(r)
+        assert r['full_ms'] == min(r['full_timm_ms'], r['full_fast_ms'])
+        assert r['ideal_ms'] == pytest.approx(r['full_ms'] * r['flops_ratio'])
+        assert r['efficiency'] == pytest.approx(r['ideal_ms'] / r['routed_ms'])
+        assert 0 < r['flops_ratio'] < 1
+    assert 'efficiency' not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--batch-sizes', '1,x'], 'comma-separated integers'),
+    (['--keep', '1.5'], r'--keep must lie in \[0, 1\]'),
+    (['--policy', 'greedy'], "'random' or 'learned'"),
+])
+def test_bench_bad_input(capsys, args, message):
+    assert main(['bench', '--model', 'blockdrop_cifar_resnet20', '--repeats', '1', *args]) == 2
+    import re
+    assert re.search(message, capsys.readouterr().err)
