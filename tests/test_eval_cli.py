@@ -109,3 +109,17 @@ def test_corrupt_and_incomplete_checkpoint_folders(tmp_path, shared, capsys):
                             ('vit', "architecture 'no_such_arch'")):
         assert main(['eval', '--checkpoint', str(tmp_path / folder), '--data', str(CIFAR10), '--quiet']) == 2
         assert message in capsys.readouterr().err
+
+
+def test_tag_without_weights_says_so(capsys, shared):
+    with pytest.raises(FileNotFoundError, match='no pretrained weights for cifar_resnet110'):
+        timm.create_model('cifar_resnet110', pretrained=True)
+    assert main(['eval', '--model', 'cifar_resnet110', '--data', str(CIFAR10), '--quiet']) == 2
+    assert 'pretrained_cfg_overlay=dict(file=PATH)' in capsys.readouterr().err
+
+
+def test_hf_hub_model_offline_not_cached(capsys, shared, tmp_path, monkeypatch):
+    monkeypatch.setenv('HF_HUB_CACHE', str(tmp_path))
+    assert main(['eval', '--model', 'hf-hub:timm-blockdrop/not-there', '--data', str(CIFAR10), '--quiet']) == 2
+    err = capsys.readouterr().err
+    assert 'cannot load Hub repo timm-blockdrop/not-there' in err and 'Traceback' not in err

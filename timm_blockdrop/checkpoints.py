@@ -149,6 +149,12 @@ def build_with_clear_errors(model_cls, variant: str, pretrained: bool, **kwargs)
         else:
             source = cfg.hf_hub_id or cfg.url or None
             hub_repo = cfg.hf_hub_id if cfg.source == 'hf-hub' or not cfg.state_dict else None
+            if source is None and cfg.state_dict is None:
+                name = f'{variant}.{cfg.tag}' if cfg.tag else variant
+                raise FileNotFoundError(
+                    f'no pretrained weights for {name}: its pretrained tag names no weight source. Give a file with '
+                    f"pretrained_cfg_overlay=dict(file=PATH) (blockdrop eval: --pretrained-file), or use "
+                    f'pretrained=False for random initialisation')
     try:
         with translate_load_errors(source):
             return build_model_with_cfg(model_cls, variant, pretrained, **kwargs)

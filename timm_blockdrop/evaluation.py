@@ -82,6 +82,8 @@ def evaluate_policy(
     per_class = {int(c): round(float(n_blocks[labels == c].mean()), 4) for c in labels.unique()}
     return {
         'model': model.pretrained_cfg.get('architecture'),
+        'base_model': model._model_args.get('base_model'),
+        'image_size': list(img_size),
         'policy': policy,
         'blocks': blocks if policy != 'learned' else None,
         'threshold': model.threshold if policy == 'learned' else None,

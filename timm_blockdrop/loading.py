@@ -32,11 +32,31 @@ def load_model(model: Optional[str] = None, checkpoint: Optional[str] = None,
         return timm.create_model(f'local-dir:{checkpoint}', pretrained=True)
     if not model:
         raise ValueError('name a model (--model) or a checkpoint folder (--checkpoint)')
+    if model.startswith(('hf-hub:', 'local-dir:')):
+        if pretrained_file:
+            raise ValueError(f'--pretrained-file cannot be combined with {model}: the weights come from there')
+        if model.startswith('local-dir:'):
+            return load_model(checkpoint=model[len('local-dir:'):])
+        return _from_hub(model)
     if not timm.is_model(model.split('.')[0]):
         raise ValueError(f"unknown model '{model}': not a registered timm model")
     if pretrained_file:
         return timm.create_model(model, pretrained=True, pretrained_cfg_overlay=dict(file=pretrained_file))
     return timm.create_model(model, pretrained=True)
+
+
+def _from_hub(model: str) -> nn.Module:
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+    repo = model[len('hf-hub:'):]
+    try:
+        return timm.create_model(model, pretrained=True)
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled, HfHubHTTPError, FileNotFoundError) as e:
+        offline = ' (HF_HUB_OFFLINE=1 forbids downloading it)' if constants.HF_HUB_OFFLINE else ''
+        raise FileNotFoundError(
+            f'cannot load Hub repo {repo}: not in the local cache{offline} or not reachable ({type(e).__name__}). '
+            f'Download it where the Hub is reachable with `hf download {repo}`, or give a local folder with '
+            f'--checkpoint') from None
 
 
 def as_blockdrop(model: nn.Module) -> BlockDropResNet:
