@@ -211,17 +211,18 @@ def load_config(path: Optional[str], overrides: Optional[Dict[str, Any]] = None)
         if not isinstance(loaded, dict):
             raise ValueError(f'config file {path} must be a mapping of keys to values, got {type(loaded).__name__}')
         values.update(loaded)
-    values.update({k: v for k, v in (overrides or {}).items()})
+    from_file = set(values)
+    values.update(overrides or {})
     known = {f.name: f for f in dataclasses.fields(TrainConfig)}
     hints = typing.get_type_hints(TrainConfig)
     unknown = [k for k in values if k not in known]
     if unknown:
-        where = f' in {path}' if path else ''
         msgs = []
         for k in unknown:
             close = difflib.get_close_matches(str(k), known, n=1)
-            msgs.append(f"'{k}'" + (f" (did you mean '{close[0]}'?)" if close else ''))
-        raise ValueError(f"unknown config key{'s' if len(unknown) > 1 else ''} {', '.join(msgs)}{where}; "
+            where = f'in {path}' if k in from_file and k not in (overrides or {}) else 'on the command line'
+            msgs.append(f"'{k}'" + (f" (did you mean '{close[0]}'?)" if close else '') + f' {where}')
+        raise ValueError(f"unknown config key{'s' if len(unknown) > 1 else ''} {', '.join(msgs)}; "
                          f"known keys: {', '.join(known)}")
     kwargs = {k: _coerce(k, v, hints[k]) for k, v in values.items()}
     config = TrainConfig(**kwargs)

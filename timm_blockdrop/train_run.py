@@ -65,7 +65,7 @@ def build_model(config: TrainConfig):
         if not isinstance(model, BlockDropResNet):
             raise CheckpointError(f'--init-from {config.init_from} holds a plain ResNet, not a BlockDrop model')
         base_arch = model._model_args['base_model']
-        if base_arch != config.model:
+        if base_arch != config.model.split('.')[0]:  # (config.model may carry a pretrained tag)
             raise CheckpointError(f"--init-from {config.init_from} is BlockDrop on '{base_arch}', but the config's "
                                   f"model is '{config.model}'")
         model.threshold = config.threshold

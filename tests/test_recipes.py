@@ -1,0 +1,368 @@
+"""The training recipes end to end on real CIFAR-10 images, and what they are built from.
+
+- configs: every shipped config loads; unknown keys, bad values and missing files are clear errors;
+- a 1-process curriculum run and a finetune run from it write metrics.jsonl, steps.jsonl, the resolved config
+  and a checkpoint folder that ``blockdrop eval --checkpoint`` and ``local-dir:`` load;
+- a 2-process CPU run (``accelerate launch --multi_gpu --num_processes 2``, Accelerator(cpu=True)) evaluates to
+  exactly the 1-process metrics and its first training losses track the 1-process ones (same global batch and seed)
+  within LOSS_TOLERANCE: the batches, augmentations and sampled policies are the same (per-sample seeds); what
+  differs is BatchNorm's batch statistics in the policy network (per process) and summation order;
+- ``kill -9`` during an epoch, then ``--resume-from latest``: at most one checkpoint interval lost, and the resumed
+  run ends with exactly the metrics of an uninterrupted run;
+- bad input (config, dataset columns, checkpoint architecture, resume folder, alpha, gamma): exit status 2 and one
+  line that names the problem.
+"""
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import yaml
+
+from timm_blockdrop.cli import main as blockdrop_main
+from timm_blockdrop.train_config import STAGES, TrainConfig, load_config, parse_set
+from timm_blockdrop.train_run import PolicyStats, checkpoint_dirs, lr_scheduler
+
+from conftest import CIFAR10, REPO, RESNET_FILES
+
+CONFIGS = REPO / 'recipes' / 'configs'
+CL_CONFIG = CONFIGS / 'cifar10_resnet32_cl.yaml'
+FT_CONFIG = CONFIGS / 'cifar10_resnet32_ft.yaml'
+LOSS_TOLERANCE = 0.02  # curriculum, absolute, on losses of about 0.5 (1-process vs 2-process, first 4 steps)
+CE_TOLERANCE = 0.5     # finetune, absolute, on cross-entropies of about 5 (fresh policy dropping half the blocks)
+N_TRAIN, N_EVAL, BATCH, EPOCHS, CKPT_EVERY = 256, 200, 32, 2, 5  # 8 steps per epoch
+# small runs: 256 training / 200 test images (200 is not a multiple of 2 x 64: the 2-process eval pads and
+# gather_for_metrics must drop the padding), per-step logs, a checkpoint every 5 steps
+RUN_ARGS = ['--max-train-samples', str(N_TRAIN), '--max-eval-samples', str(N_EVAL), '--batch-size', str(BATCH),
+            '--epochs', str(EPOCHS), '--data', str(CIFAR10), '--set', 'num_workers=0', '--set', 'eval_batch_size=64',
+            '--set', 'eval_every_epochs=1', '--set', 'log_every_steps=1', '--set', f'checkpoint_every_steps={CKPT_EVERY}',
+            '--set', 'eval_at_start=true']
+EPOCH_KEYS = {'epoch', 'step', 'lr', 'images_per_s', 'train_accuracy', 'train_reward', 'train_blocks_mean',
+              'train_blocks_std', 'train_unique_policies', 'train_loss', 'val_accuracy', 'val_reward',
+              'val_blocks_mean', 'val_blocks_std', 'val_unique_policies', 'val_images'}
+
+
+def _env():
+    env = dict(os.environ, OMP_NUM_THREADS='1', HF_HUB_OFFLINE='1', HF_DATASETS_OFFLINE='1',
+               HF_EVALUATE_OFFLINE='1', TOKENIZERS_PARALLELISM='false')
+    env.pop('ACCELERATE_CONFIG_FILE', None)
+    return env
+
+
+def _recipe(name, *args, launcher=(), wait=True):
+    cmd = [*launcher, str(REPO / 'recipes' / f'{name}.py'), *map(str, args)]
+    if not launcher:
+        cmd = [sys.executable, *cmd]
+    if not wait:
+        return subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True)
+    done = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout + done.stderr
+
+
+def _lines(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def _without_timing(records):
+    return [{k: v for k, v in r.items() if k != 'images_per_s'} for r in records]
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope='module')
+def cl_run(tmp_path_factory, shared):
+    out = tmp_path_factory.mktemp('cl') / 'run'
+    log = _recipe('curriculum', '--config', CL_CONFIG, '--output-dir', out, *RUN_ARGS)
+    return out, log
+
+
+@pytest.fixture(scope='module')
+def ft_run(tmp_path_factory, cl_run):
+    out = tmp_path_factory.mktemp('ft') / 'run'
+    log = _recipe('finetune', '--config', FT_CONFIG, '--init-from', cl_run[0], '--output-dir', out,
+                  *RUN_ARGS[:-2], '--epochs', '1')
+    return out, log
+
+
+# ---- configs ----
+
+def test_every_shipped_config_loads():
+    names = sorted(p.stem for p in CONFIGS.glob('*.yaml'))
+    assert names == sorted(f'{d}_{s}' for d in ('cifar10_resnet32', 'cifar10_resnet110', 'cifar100_resnet56',
+                                                'imagenet_resnet101') for s in ('cl', 'ft'))
+    for name in names:
+        config = load_config(CONFIGS / f'{name}.yaml')
+        assert config.stage == {'cl': 'curriculum', 'ft': 'finetune'}[name.rsplit('_', 1)[1]]
+        assert timm.is_model(config.model.split('.')[0])
+        if config.stage == 'finetune':
+            assert config.init_from == f"outputs/{name.replace('_ft', '_cl')}" and config.beta == 0
+    imagenet = load_config(CONFIGS / 'imagenet_resnet101_ft.yaml')
+    assert imagenet.streaming and imagenet.gamma == 5 and imagenet.data == 'ILSVRC/imagenet-1k'
+    c100 = load_config(CONFIGS / 'cifar100_resnet56_cl.yaml')
+    assert c100.label_column == 'fine_label' and c100.data == 'uoft-cs/cifar100'
+    assert Path(c100.pretrained_file).is_file() and c100.model_kwargs == {'shortcut': 'B'}
+
+
+def test_config_overrides_and_types(tmp_path):
+    config = load_config(CL_CONFIG, {'epochs': 3, 'lr': '2e-4', 'decay_epochs': [1, 2]})
+    assert config.epochs == 3 and config.lr == 2e-4 and config.decay_epochs == [1.0, 2.0]
+    assert config.data == os.environ.get('BLOCKDROP_SHARED', '../shared') + '/data/cifar10'  # ${BLOCKDROP_SHARED}
+    assert parse_set(['gamma=5', 'decay_epochs=[10, 20]', 'image_column=img']) == {
+        'gamma': 5, 'decay_epochs': [10, 20], 'image_column': 'img'}
+    assert config.per_device_batch_size(2) == 1024
+    with pytest.raises(ValueError, match='not divisible by 3 processes'):
+        config.per_device_batch_size(3)
+    path = tmp_path / 'c.yaml'
+    path.write_text(yaml.safe_dump(config.to_dict()))
+    assert load_config(path) == config  # a resolved config loads back to the same config
+
+
+@pytest.mark.parametrize('overrides, match', [
+    ({'epoch': 3}, r"unknown config key 'epoch' \(did you mean 'epochs'\?\) on the command line"),
+    ({'epochs': 'many'}, "config key 'epochs' must be an integer"),
+    ({'epochs': 2.5}, "config key 'epochs' must be an integer"),
+    ({'streaming': 'yes'}, "'streaming' must be true or false"),
+    ({'alpha': 0.5}, r'alpha must lie in \(0.5, 1\]'),
+    ({'alpha': 1.2}, r'alpha must lie in \(0.5, 1\]'),
+    ({'gamma': -5}, 'gamma is the penalty of a wrong prediction'),
+    ({'stage': 'pretrain'}, "'stage' must be one of curriculum, finetune"),
+    ({'batch_size': 0}, "'batch_size' must be > 0"),
+    ({'lr_schedule': 'constant'}, "'lr_schedule' must be one of cosine, step"),
+    ({'init_from': 'x'}, "'init_from' is for stage finetune"),
+])
+def test_bad_config_values(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        load_config(CL_CONFIG, overrides)
+
+
+def test_bad_config_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match='config file not found'):
+        load_config(tmp_path / 'missing.yaml')
+    (tmp_path / 'list.yaml').write_text('- 1\n- 2\n')
+    with pytest.raises(ValueError, match='must be a mapping'):
+        load_config(tmp_path / 'list.yaml')
+    (tmp_path / 'typo.yaml').write_text('stage: curriculum\nepochz: 3\n')
+    with pytest.raises(ValueError, match=r"unknown config key 'epochz' \(did you mean 'epochs'\?\) in .*typo.yaml"):
+        load_config(tmp_path / 'typo.yaml')
+    assert set(TrainConfig().to_dict()) >= {'alpha', 'gamma', 'beta', 'cl_step'} and STAGES == ('curriculum',
+                                                                                                 'finetune')
+
+
+def test_lr_schedules_decay():
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    cosine = lr_scheduler(opt, TrainConfig(lr=1e-3, min_lr=1e-5, epochs=10, warmup_epochs=1), steps_per_epoch=10)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]['lr'])
+        opt.step()
+        cosine.step()
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)     # linear warmup over epoch 1
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:])) and lrs[-1] < 2e-5   # then decays to min_lr
+    opt2 = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-4)
+    step = lr_scheduler(opt2, TrainConfig(lr=1e-4, lr_schedule='step', decay_epochs=[2], epochs=3), 5)
+    seen = []
+    for _ in range(15):
+        seen.append(opt2.param_groups[0]['lr'])
+        opt2.step()
+        step.step()
+    assert seen[:10] == [pytest.approx(1e-4)] * 10 and seen[10:] == [pytest.approx(1e-5)] * 5
+
+
+def test_policy_stats_by_hand():
+    stats = PolicyStats()
+    stats.update(torch.tensor([[1, 1, 0], [1, 0, 0]]), torch.tensor([True, False]), torch.tensor([0.5, -1.0]),
+                 torch.tensor(2.0))
+    other = PolicyStats()
+    other.update(torch.tensor([[1, 1, 0], [1, 1, 1]]), torch.tensor([True, True]), torch.tensor([0.5, 0.0]))
+    s = PolicyStats.from_state_dict(json.loads(json.dumps(stats.state_dict()))).merge(other).summary('train')
+    assert s['train_images'] == 4 and s['train_accuracy'] == 75.0 and s['train_reward'] == 0.0
+    assert s['train_blocks_mean'] == 2.0 and s['train_blocks_std'] == pytest.approx((0.5) ** 0.5)
+    assert s['train_unique_policies'] == 3 and s['train_loss'] == 2.0
+
+
+def test_seeded_augmentation_depends_on_sample_and_epoch_only(shared):
+    from timm_blockdrop.data import SampleSeeds, load_split, train_transform, with_index, with_seeded_transform
+    seeds = SampleSeeds(0)
+    ds = with_seeded_transform(with_index(load_split(str(CIFAR10), 'test').select(range(8))),
+                               train_transform(timm.create_model('cifar_resnet20')), 'img', 'label', seeds)
+    a = ds[[0, 1, 2, 3]]
+    b = ds[[3, 2]]
+    torch.manual_seed(123)  # the global RNG plays no part
+    assert torch.equal(a['pixel_values'][3], b['pixel_values'][0]) and a['seed'][2] == b['seed'][1]
+    seeds.set_epoch(1)
+    c = ds[[0, 1, 2, 3]]
+    assert c['seed'] != a['seed']
+    assert sum(not torch.equal(x, y) for x, y in zip(a['pixel_values'], c['pixel_values'])) >= 2
+
+
+def test_train_throughput_is_measured():
+    from timm_blockdrop.train_bench import measure_train_throughput
+    r = measure_train_throughput('cifar_resnet20', batch_size=8, steps=1, warmup=0, rounds=1)
+    assert r['model'] == 'blockdrop_cifar_resnet20' and r['num_blocks'] == 9
+    assert min(r['plain_ips'], r['curriculum_ips'], r['finetune_ips']) > 0
+    assert r['curriculum_ratio'] == pytest.approx(r['curriculum_ips'] / r['plain_ips'])
+
+
+# ---- the recipes, end to end ----
+
+def test_curriculum_run_writes_metrics_and_a_loadable_checkpoint(cl_run):
+    out, log = cl_run
+    records = _lines(out / 'metrics.jsonl')
+    assert [r['epoch'] for r in records] == [0, 1, 2]
+    # before training, epoch 1's curriculum: only the last block is decided, by a fresh policy (s ~ 0.5)
+    assert records[0]['val_images'] == N_EVAL and 14 <= records[0]['val_blocks_mean'] <= 15
+    for r in records[1:]:
+        assert EPOCH_KEYS <= set(r) and r['train_images'] == N_TRAIN and r['val_images'] == N_EVAL
+        assert r['images_per_s'] > 0 and 0 <= r['val_accuracy'] <= 100
+    assert [r['decided_blocks'] for r in records[1:]] == [1, 2]  # the curriculum: last 1, then last 2 blocks
+    assert records[1]['train_blocks_mean'] >= 14 and records[2]['train_blocks_mean'] >= 13
+    assert records[2]['lr'] < records[1]['lr']  # cosine decay
+    steps = _lines(out / 'steps.jsonl')
+    assert [s['step'] for s in steps] == list(range(1, EPOCHS * N_TRAIN // BATCH + 1))
+    assert load_config(out / 'config.yaml').max_train_samples == N_TRAIN
+    assert '1 process(es) on cpu' in log
+    model = timm.create_model(f"local-dir:{out / 'model'}", pretrained=True)
+    assert type(model).__name__ == 'BlockDropResNet' and model.num_blocks == 15
+    # the frozen ResNet is the pretrained one, unchanged
+    base = timm.create_model('cifar_resnet32', pretrained=True,
+                             pretrained_cfg_overlay=dict(file=str(RESNET_FILES[32])))
+    assert all(torch.equal(a, b) for a, b in zip(model.base.state_dict().values(), base.state_dict().values()))
+    checkpoints = checkpoint_dirs(out)
+    assert len(checkpoints) == 2 and (checkpoints[-1] / 'model.safetensors').is_file()
+
+
+def test_finetune_run_and_blockdrop_eval_agree(ft_run, tmp_path):
+    out, log = ft_run
+    (record,) = _lines(out / 'metrics.jsonl')  # one epoch (no evaluation before training)
+    assert EPOCH_KEYS <= set(record) and record['train_images'] == N_TRAIN
+    steps = _lines(out / 'steps.jsonl')
+    assert all(s['loss'] == pytest.approx(s['pg_loss'] + s['ce_loss'], rel=1e-4, abs=1e-4) for s in steps)
+    report = tmp_path / 'eval.json'
+    assert blockdrop_main(['eval', '--checkpoint', str(out / 'model'), '--data', str(CIFAR10), '--max-samples',
+                           str(N_EVAL), '--batch-size', '64', '--quiet', '--json', str(report)]) == 0
+    r = json.loads(report.read_text())
+    assert r['n_images'] == N_EVAL and r['top1'] == pytest.approx(record['val_accuracy'])
+    assert r['blocks_mean'] == pytest.approx(record['val_blocks_mean'])
+    assert r['unique_policies'] == record['val_unique_policies']
+    base = timm.create_model('cifar_resnet32', pretrained=True,
+                             pretrained_cfg_overlay=dict(file=str(RESNET_FILES[32])))
+    model = timm.create_model(f"local-dir:{out / 'model'}", pretrained=True)
+    assert not all(torch.equal(a, b) for a, b in zip(model.base.state_dict().values(), base.state_dict().values()))
+
+
+def test_two_processes_evaluate_exactly_and_train_alike(cl_run, tmp_path):
+    one, _ = cl_run
+    two = tmp_path / 'two'
+    launcher = [str(Path(sys.executable).parent / 'accelerate'), 'launch', '--multi_gpu', '--num_processes', '2',
+                '--num_machines', '1', '--mixed_precision', 'no', '--dynamo_backend', 'no',
+                '--main_process_port', str(_free_port())]
+    log = _recipe('curriculum', '--config', CL_CONFIG, '--output-dir', two, *RUN_ARGS, '--epochs', '1',
+                  launcher=launcher)
+    assert '2 process(es) on cpu' in log and 'MULTI_CPU' in log
+    assert {p.name for p in checkpoint_dirs(two)[-1].glob('stats_*.json')} == {'stats_0.json', 'stats_1.json'}
+    start_1, start_2 = _lines(one / 'metrics.jsonl')[0], _lines(two / 'metrics.jsonl')[0]
+    assert start_2 == start_1 and start_2['val_images'] == N_EVAL  # every test image counted once, same numbers
+    epoch_1, epoch_2 = _lines(one / 'metrics.jsonl')[1], _lines(two / 'metrics.jsonl')[1]
+    assert epoch_2['train_images'] == N_TRAIN and epoch_2['val_images'] == N_EVAL
+    losses_1 = [s['loss'] for s in _lines(one / 'steps.jsonl')[:4]]
+    losses_2 = [s['loss'] for s in _lines(two / 'steps.jsonl')[:4]]
+    assert losses_2 == pytest.approx(losses_1, abs=LOSS_TOLERANCE)
+    assert _lines(two / 'steps.jsonl')[0]['reward'] == pytest.approx(_lines(one / 'steps.jsonl')[0]['reward'],
+                                                                        abs=0.02)
+
+
+def test_two_process_finetune_evaluates_exactly(cl_run, ft_run, tmp_path):
+    """Joint finetuning under DDP: the same evaluation before training; the cross-entropy of the first steps tracks
+    the 1-process run within CE_TOLERANCE (the ResNet trains in train mode, so BatchNorm normalises 16 rows per
+    process instead of 32; the policy-gradient term flips with any prediction that changes and is not compared)."""
+    two = tmp_path / 'two_ft'
+    launcher = [str(Path(sys.executable).parent / 'accelerate'), 'launch', '--multi_gpu', '--num_processes', '2',
+                '--num_machines', '1', '--mixed_precision', 'no', '--dynamo_backend', 'no',
+                '--main_process_port', str(_free_port())]
+    one = tmp_path / 'one_ft'
+    args = ['--config', FT_CONFIG, '--init-from', cl_run[0], *RUN_ARGS, '--epochs', '1', '--max-train-samples', '128']
+    _recipe('finetune', *args, '--output-dir', one)
+    log = _recipe('finetune', *args, '--output-dir', two, launcher=launcher)
+    assert '2 process(es) on cpu' in log
+    assert _lines(two / 'metrics.jsonl')[0] == _lines(one / 'metrics.jsonl')[0]  # evaluation before training
+    ce_1 = [s['ce_loss'] for s in _lines(one / 'steps.jsonl')]
+    ce_2 = [s['ce_loss'] for s in _lines(two / 'steps.jsonl')]
+    assert len(ce_1) == len(ce_2) == 4 and ce_2 == pytest.approx(ce_1, abs=CE_TOLERANCE)
+
+
+def test_kill_during_an_epoch_then_resume_latest(cl_run, tmp_path):
+    """kill -9 mid-epoch; --resume-from latest loses at most one checkpoint interval and ends as if never killed."""
+    reference, _ = cl_run
+    out = tmp_path / 'killed'
+    proc = _recipe('curriculum', '--config', CL_CONFIG, '--output-dir', out, *RUN_ARGS, wait=False)
+    steps_file, kill_at = out / 'steps.jsonl', N_TRAIN // BATCH + 3  # 3 steps into the second epoch
+    deadline = time.monotonic() + 300
+    while not (steps_file.is_file() and len(steps_file.read_text().splitlines()) >= kill_at):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()[-3000:]
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    last_step = _lines(steps_file)[-1]['step']
+    assert last_step < EPOCHS * N_TRAIN // BATCH, 'the run finished before it could be killed'
+    latest = checkpoint_dirs(out)[-1]
+    progress = json.loads((latest / 'progress.json').read_text())
+    assert last_step - progress['step'] <= CKPT_EVERY  # at most one checkpoint interval lost
+    assert progress['epoch'] == 1 and progress['batch'] > 0  # a checkpoint taken during the epoch
+    assert not (out / 'model').exists()
+    log = _recipe('curriculum', '--config', CL_CONFIG, '--output-dir', out, *RUN_ARGS, '--resume-from', 'latest')
+    assert f"resumed from {latest}: epoch 1, batch {progress['batch']}, step {progress['step']}" in log
+    assert _without_timing(_lines(out / 'metrics.jsonl')) == _without_timing(_lines(reference / 'metrics.jsonl'))
+    assert _lines(out / 'steps.jsonl') == _lines(reference / 'steps.jsonl')
+    a = timm.create_model(f"local-dir:{out / 'model'}", pretrained=True).state_dict()
+    b = timm.create_model(f"local-dir:{reference / 'model'}", pretrained=True).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---- bad input: exit status 2 and a one-line error ----
+
+def _load_recipe(name):
+    spec = importlib.util.spec_from_file_location(f'recipe_{name}', REPO / 'recipes' / f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _fails(capsys, name, *args):
+    code = _load_recipe(name).main([*map(str, args)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    return err
+
+
+def test_bad_input_is_a_clear_error(capsys, tmp_path, shared):
+    base = ['--config', CL_CONFIG, '--output-dir', tmp_path / 'out', '--max-train-samples', '64',
+            '--max-eval-samples', '64', '--batch-size', '32', '--set', 'num_workers=0']
+    assert 'config file not found' in _fails(capsys, 'curriculum', '--config', tmp_path / 'none.yaml')
+    (tmp_path / 'bad.yaml').write_text(CL_CONFIG.read_text() + 'entropy_weight: 0.1\n')
+    assert "unknown config key 'entropy_weight'" in _fails(capsys, 'curriculum', '--config', tmp_path / 'bad.yaml')
+    assert "no image column 'image'" in _fails(capsys, 'curriculum', *base, '--set', 'image_column=image')
+    assert "no label column 'fine_label'" in _fails(capsys, 'curriculum', *base, '--set', 'label_column=fine_label')
+    err = _fails(capsys, 'curriculum', *base, '--set', f'pretrained_file={RESNET_FILES[56]}')
+    assert "does not fit architecture 'cifar_resnet32'" in err
+    (tmp_path / 'empty').mkdir()
+    assert 'no training state' in _fails(capsys, 'curriculum', *base, '--resume-from', tmp_path / 'empty')
+    assert 'no checkpoint' in _fails(capsys, 'curriculum', *base, '--resume-from', 'latest')
+    assert 'alpha must lie in (0.5, 1]' in _fails(capsys, 'curriculum', *base, '--set', 'alpha=0.5')
+    assert 'gamma is the penalty' in _fails(capsys, 'curriculum', *base, '--set', 'gamma=-5')
+    assert 'gamma is the penalty' in _fails(capsys, 'finetune', '--config', FT_CONFIG, '--set', 'gamma=-1')
+    assert 'run it with recipes/finetune.py' in _fails(capsys, 'curriculum', '--config', FT_CONFIG)
+    assert '--init-from' in _fails(capsys, 'finetune', '--config', FT_CONFIG, '--init-from', tmp_path / 'empty')

@@ -1,0 +1,126 @@
+"""Training throughput: a curriculum step and a joint-finetune step against plain cross-entropy finetuning.
+
+``measure_train_throughput`` times, on the same machine and in the same run, one optimizer step of
+- plain: the base ResNet alone, cross-entropy, forward + backward + Adam (what finetuning a timm model costs);
+- curriculum: ``CurriculumStep`` at its costliest stage, the policy deciding all K blocks (no forced prefix);
+  policy forward + backward, the frozen ResNet run under the sampled and the greedy policy (shared rows, routed);
+- finetune: ``FinetuneStep``, policy and ResNet trained together (sampled pass with gradient, greedy pass not).
+The three are timed in interleaved rounds (plain, curriculum, finetune, plain, ...) and each reports its median
+round, so a machine whose load changes during the run biases none of them. Inputs are random tensors of the
+model's input size: images/s does not depend on what the pixels show, only on how many blocks the (fresh)
+policy keeps, about half.
+"""
+import copy
+import statistics
+import time
+from typing import Dict, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .reinforce import CurriculumStep, FinetuneStep
+
+__all__ = ['measure_train_throughput']
+
+
+def _blockdrop_model(model_name_or_model: Union[str, nn.Module], pretrained_file: Optional[str] = None):
+    import timm
+    from .models.blockdrop import BlockDropResNet, wrap
+
+    if isinstance(model_name_or_model, nn.Module):
+        model = model_name_or_model
+    else:
+        if not timm.is_model(model_name_or_model):
+            raise ValueError(f"unknown model '{model_name_or_model}': not a registered timm model")
+        overlay = dict(file=pretrained_file) if pretrained_file else None
+        model = timm.create_model(model_name_or_model, pretrained=bool(pretrained_file),
+                                  pretrained_cfg_overlay=overlay)
+    return model if isinstance(model, BlockDropResNet) else wrap(model)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def measure_train_throughput(
+        model_name_or_model: Union[str, nn.Module],
+        batch_size: int = 128,
+        steps: int = 5,
+        warmup: int = 2,
+        rounds: int = 3,
+        device: str = 'cpu',
+        pretrained_file: Optional[str] = None,
+        gamma: float = 5.0,
+        seed: int = 0,
+) -> Dict[str, float]:
+    """Images/s of a plain, a curriculum and a finetune training step of the same model, side by side.
+
+    Args:
+        model_name_or_model: a timm name (a base ResNet such as ``cifar_resnet32``, wrapped with a fresh policy,
+            or a ``blockdrop_*`` model) or a model.
+        batch_size: images per step.
+        steps: timed steps per round and kind; ``warmup`` untimed steps per kind before the first round.
+        rounds: interleaved rounds; each kind reports its median round.
+    Returns:
+        dict(model, batch_size, device, num_blocks, plain_ips, curriculum_ips, finetune_ips,
+        curriculum_ratio, finetune_ratio), the ratios relative to plain_ips.
+    """
+    if batch_size < 1 or steps < 1 or rounds < 1 or warmup < 0:
+        raise ValueError('batch_size, steps and rounds must be >= 1 and warmup >= 0')
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    model = _blockdrop_model(model_name_or_model, pretrained_file)
+    cfg = model.pretrained_cfg
+    images = torch.randn(batch_size, *cfg.get('input_size', (3, 224, 224)), device=device)
+    labels = torch.randint(0, model.num_classes, (batch_size,), device=device)
+    seeds = torch.arange(batch_size)
+
+    plain = copy.deepcopy(model.base).to(device).train()
+    plain_opt = torch.optim.Adam(plain.parameters(), lr=1e-4)
+    cl_model = copy.deepcopy(model).to(device)
+    cl_step = CurriculumStep(cl_model, gamma=gamma).train()
+    cl_opt = torch.optim.Adam(cl_model.policy.parameters(), lr=1e-4)
+    ft_model = copy.deepcopy(model).to(device)
+    ft_step = FinetuneStep(ft_model, gamma=gamma, pg_weight=batch_size).train()
+    ft_opt = torch.optim.Adam(ft_model.parameters(), lr=1e-4)
+
+    def run_plain():
+        loss = F.cross_entropy(plain(images), labels)
+        plain_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        plain_opt.step()
+
+    def run_curriculum():
+        loss = cl_step(images, labels, seeds, n_forced=0)['loss']  # the costliest stage: all K blocks decided
+        cl_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        cl_opt.step()
+
+    def run_finetune():
+        loss = ft_step(images, labels, seeds)['loss']
+        ft_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        ft_opt.step()
+
+    kinds = {'plain': run_plain, 'curriculum': run_curriculum, 'finetune': run_finetune}
+    for fn in kinds.values():
+        for _ in range(warmup):
+            fn()
+    times = {k: [] for k in kinds}
+    for _ in range(rounds):
+        for kind, fn in kinds.items():
+            _sync(device)
+            start = time.perf_counter()
+            for _ in range(steps):
+                fn()
+            _sync(device)
+            times[kind].append(time.perf_counter() - start)
+    ips = {k: batch_size * steps / statistics.median(v) for k, v in times.items()}
+    return dict(
+        model=cfg.get('architecture'), batch_size=batch_size, device=str(device), num_blocks=model.num_blocks,
+        threads=torch.get_num_threads(), steps=steps, rounds=rounds,
+        plain_ips=ips['plain'], curriculum_ips=ips['curriculum'], finetune_ips=ips['finetune'],
+        curriculum_ratio=ips['curriculum'] / ips['plain'], finetune_ratio=ips['finetune'] / ips['plain'],
+    )
