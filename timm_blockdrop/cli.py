@@ -1,4 +1,4 @@
-"""``blockdrop`` console script: ``blockdrop eval`` (more subcommands join as they land).
+"""``blockdrop`` console script: ``blockdrop eval | bench | publish``.
 
 Thin: parse arguments, call library functions, print the report and write JSON. Errors the user can fix
 (bad names, paths, values) print one line and exit with status 2, without a traceback.
@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from . import hub
+from . import bench, hub
 from .checkpoints import CheckpointError
 from .models.blockdrop import UnsupportedModelError
 
@@ -76,19 +76,9 @@ def run_eval(args) -> dict:
 
 
 # subcommand name -> (function adding its parser to the subparsers, function running it on the parsed args)
-def _add_bench(sub) -> None:
-    from .bench import add_bench_arguments
-    add_bench_arguments(sub)
-
-
-def _run_bench(args):
-    from .bench import run_bench
-    return run_bench(args)
-
-
 COMMANDS = {
     'eval': (_add_eval, run_eval),
-    'bench': (_add_bench, _run_bench),
+    'bench': (bench.add_bench_arguments, bench.run_bench),
     'publish': (hub.add_publish_arguments, hub.run_publish),
 }
 
