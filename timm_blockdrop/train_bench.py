@@ -54,6 +54,7 @@ def measure_train_throughput(
         pretrained_file: Optional[str] = None,
         gamma: float = 5.0,
         seed: int = 0,
+        finetune_mode: str = 'masked',
 ) -> Dict[str, float]:
     """Images/s of a plain, a curriculum and a finetune training step of the same model, side by side.
 
@@ -63,9 +64,11 @@ def measure_train_throughput(
         batch_size: images per step.
         steps: timed steps per round and kind; ``warmup`` untimed steps per kind before the first round.
         rounds: interleaved rounds; each kind reports its median round.
+        finetune_mode: how the finetune step runs the blocks: 'masked' (the reference, and the recipes'
+            default) or 'routed' (only the rows that keep a block run it; BatchNorm then sees only those rows).
     Returns:
-        dict(model, batch_size, device, num_blocks, plain_ips, curriculum_ips, finetune_ips,
-        curriculum_ratio, finetune_ratio), the ratios relative to plain_ips.
+        dict(model, batch_size, device, num_blocks, threads, steps, rounds, finetune_mode, plain_ips,
+        curriculum_ips, finetune_ips, curriculum_ratio, finetune_ratio), the ratios relative to plain_ips.
     """
     if batch_size < 1 or steps < 1 or rounds < 1 or warmup < 0:
         raise ValueError('batch_size, steps and rounds must be >= 1 and warmup >= 0')
@@ -83,7 +86,7 @@ def measure_train_throughput(
     cl_step = CurriculumStep(cl_model, gamma=gamma).train()
     cl_opt = torch.optim.Adam(cl_model.policy.parameters(), lr=1e-4)
     ft_model = copy.deepcopy(model).to(device)
-    ft_step = FinetuneStep(ft_model, gamma=gamma, pg_weight=batch_size).train()
+    ft_step = FinetuneStep(ft_model, gamma=gamma, pg_weight=batch_size, mode=finetune_mode).train()
     ft_opt = torch.optim.Adam(ft_model.parameters(), lr=1e-4)
 
     def run_plain():
@@ -120,7 +123,7 @@ def measure_train_throughput(
     ips = {k: batch_size * steps / statistics.median(v) for k, v in times.items()}
     return dict(
         model=cfg.get('architecture'), batch_size=batch_size, device=str(device), num_blocks=model.num_blocks,
-        threads=torch.get_num_threads(), steps=steps, rounds=rounds,
+        threads=torch.get_num_threads(), steps=steps, rounds=rounds, finetune_mode=finetune_mode,
         plain_ips=ips['plain'], curriculum_ips=ips['curriculum'], finetune_ips=ips['finetune'],
         curriculum_ratio=ips['curriculum'] / ips['plain'], finetune_ratio=ips['finetune'] / ips['plain'],
     )
