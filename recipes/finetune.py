@@ -64,6 +64,8 @@ def training_function(config, args):
     set_seed(config.seed)
     output_dir = Path(config.output_dir)
     checkpoint = run.find_checkpoint(args.resume_from, output_dir) if args.resume_from else None
+    if checkpoint is None:
+        run.check_fresh(output_dir)
     batch_size = config.per_device_batch_size(accelerator.num_processes)
     accelerator.print(f'{accelerator.num_processes} process(es) on {accelerator.device} '
                       f'({accelerator.distributed_type}), {batch_size} images per process and step')

@@ -43,8 +43,8 @@ N_TRAIN, N_EVAL, BATCH, EPOCHS, CKPT_EVERY = 256, 200, 32, 2, 5  # 8 steps per e
 # gather_for_metrics must drop the padding), per-step logs, a checkpoint every 5 steps
 RUN_ARGS = ['--max-train-samples', str(N_TRAIN), '--max-eval-samples', str(N_EVAL), '--batch-size', str(BATCH),
             '--epochs', str(EPOCHS), '--data', str(CIFAR10), '--set', 'num_workers=0', '--set', 'eval_batch_size=64',
-            '--set', 'eval_every_epochs=1', '--set', 'log_every_steps=1', '--set', f'checkpoint_every_steps={CKPT_EVERY}',
-            '--set', 'eval_at_start=true']
+            '--set', 'eval_every_epochs=1', '--set', 'log_every_steps=1',
+            '--set', f'checkpoint_every_steps={CKPT_EVERY}', '--set', 'eval_at_start=true']
 EPOCH_KEYS = {'epoch', 'step', 'lr', 'images_per_s', 'train_accuracy', 'train_reward', 'train_blocks_mean',
               'train_blocks_std', 'train_unique_policies', 'train_loss', 'val_accuracy', 'val_reward',
               'val_blocks_mean', 'val_blocks_std', 'val_unique_policies', 'val_images'}
@@ -366,3 +366,8 @@ def test_bad_input_is_a_clear_error(capsys, tmp_path, shared):
     assert 'gamma is the penalty' in _fails(capsys, 'finetune', '--config', FT_CONFIG, '--set', 'gamma=-1')
     assert 'run it with recipes/finetune.py' in _fails(capsys, 'curriculum', '--config', FT_CONFIG)
     assert '--init-from' in _fails(capsys, 'finetune', '--config', FT_CONFIG, '--init-from', tmp_path / 'empty')
+
+
+def test_a_fresh_run_does_not_overwrite_another_runs_checkpoints(capsys, cl_run):
+    err = _fails(capsys, 'curriculum', '--config', CL_CONFIG, '--output-dir', cl_run[0], *RUN_ARGS)
+    assert 'already holds checkpoints' in err and '--resume-from latest' in err

@@ -30,8 +30,8 @@ from .train_config import TrainConfig
 
 __all__ = [
     'build_model', 'init_model_folder', 'train_split', 'eval_split', 'lr_scheduler', 'PolicyStats', 'Progress',
-    'checkpoint_dirs', 'find_checkpoint', 'save_checkpoint', 'load_checkpoint', 'JsonLines', 'save_model',
-    'synced_batches', 'Throughput',
+    'checkpoint_dirs', 'find_checkpoint', 'check_fresh', 'save_checkpoint', 'load_checkpoint', 'JsonLines',
+    'save_model', 'synced_batches', 'Throughput',
 ]
 
 CHECKPOINTS = 'checkpoints'
@@ -280,6 +280,13 @@ def find_checkpoint(resume_from: str, output_dir) -> Path:
         return found[-1]
     raise FileNotFoundError(f'--resume-from {resume_from}: no training state there (expected a checkpoint folder '
                             f'with {PROGRESS}, or an output folder with {CHECKPOINTS}/)')
+
+
+def check_fresh(output_dir) -> None:
+    """A run that does not resume must not start in a folder holding another run's checkpoints."""
+    if checkpoint_dirs(output_dir):
+        raise ValueError(f'{output_dir} already holds checkpoints of a run: continue it with --resume-from latest, '
+                         f'or choose another --output-dir')
 
 
 def save_checkpoint(accelerator, output_dir, progress: Progress, stats: PolicyStats, keep: int) -> Path:
