@@ -161,3 +161,12 @@ def test_bench_bad_input(capsys, args, message):
     assert main(['bench', '--model', 'blockdrop_cifar_resnet20', '--repeats', '1', *args]) == 2
     import re
     assert re.search(message, capsys.readouterr().err)
+
+
+def test_bench_train_writes_throughputs(tmp_path):
+    out = tmp_path / 'train.json'
+    assert main(['bench', '--train', '--model', 'blockdrop_cifar_resnet20', '--batch-sizes', '8', '--repeats', '1',
+                 '--threads', '1', '--json', str(out)]) == 0
+    r = json.loads(out.read_text())['results'][0]
+    assert r['batch_size'] == 8 and min(r['plain_ips'], r['curriculum_ips'], r['finetune_ips']) > 0
+    assert r['finetune_ratio'] == pytest.approx(r['finetune_ips'] / r['plain_ips'])

@@ -155,6 +155,11 @@ def add_bench_arguments(sub) -> None:
     p.add_argument('--repeats', type=int, default=7)
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--json', default=None)
+    p.add_argument('--train', action='store_true',
+                   help='time training steps instead: plain finetuning vs a curriculum and a joint-finetune step')
+    p.add_argument('--finetune-mode', default='masked', choices=('masked', 'routed'),
+                   help='with --train: how the joint-finetune step runs the blocks')
+    p.add_argument('--pretrained-file', default=None, help='with --train: weights of a base model')
 
 
 def _batch_sizes(text: str) -> List[int]:
@@ -174,18 +179,28 @@ def run_bench(args) -> List[Dict]:
     allocator_tuned = tune_cpu_allocator() if args.device == 'cpu' else False
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.checkpoint:
-        model = load_model(args.model, args.checkpoint)
+    if args.checkpoint or args.pretrained_file:
+        model = load_model(args.model, args.checkpoint, args.pretrained_file)
     else:
         import timm
         if not args.model or not timm.is_model(args.model.split('.')[0]):
             raise ValueError(f"unknown model '{args.model}': name a registered timm model or give --checkpoint")
         model = timm.create_model(args.model)
     model = as_blockdrop(model)
-    results = bench_inference(
-        model, _batch_sizes(args.batch_sizes), args.policy, args.keep, args.image_size, args.repeats,
-        args.device, args.seed)
-    print(format_results(results))
+    if args.train:
+        from .train_bench import measure_train_throughput
+        results = [measure_train_throughput(model, batch_size=b, rounds=args.repeats, device=args.device,
+                                            seed=args.seed, finetune_mode=args.finetune_mode)
+                   for b in _batch_sizes(args.batch_sizes)]
+        for r in results:
+            print(f"{r['model']} batch {r['batch_size']}: images/s plain {r['plain_ips']:.1f}, curriculum "
+                  f"{r['curriculum_ips']:.1f} ({r['curriculum_ratio']:.2f}x), finetune ({r['finetune_mode']}) "
+                  f"{r['finetune_ips']:.1f} ({r['finetune_ratio']:.2f}x)")
+    else:
+        results = bench_inference(
+            model, _batch_sizes(args.batch_sizes), args.policy, args.keep, args.image_size, args.repeats,
+            args.device, args.seed)
+        print(format_results(results))
     if args.json:
         out = {
             'results': results,

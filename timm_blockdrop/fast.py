@@ -78,17 +78,29 @@ class FusedConv:
         # a stem conv on a few RGB images is faster through ATen's direct kernel than through oneDNN
         self.few_channels = w.shape[1] <= 4 and conv.groups == 1
 
+        self._packed = {}
+
+    def packed(self, x: torch.Tensor) -> torch.Tensor:
+        """The weight pre-reordered into oneDNN's blocked layout for this input size (25 % faster at batch 1,
+        neutral at larger batches), made once per spatial size."""
+        size = x.shape[-2:]
+        w = self._packed.get(size)
+        if w is None:
+            w = self._packed[size] = torch._C._nn.mkldnn_reorder_conv2d_weight(
+                self.weight.to_mkldnn(), *self.args[:3], self.args[3], [1, x.shape[1], *size])
+        return w
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.few_channels and x.shape[0] <= 4:
             padding, stride, dilation, groups = self.args
             y = F.conv2d(x.contiguous(), self.weight.contiguous(), self.bias, stride, padding, dilation, groups)
             y = F.relu_(y) if self.relu else y
             return y.contiguous(memory_format=torch.channels_last)
-        return _conv_op(x, self.weight, self.bias, *self.args, self.attr, [], '')
+        return _conv_op(x, self.packed(x), self.bias, *self.args, self.attr, [], '')
 
     def add_relu(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """relu(conv(x) + residual), fused."""
-        return _conv_op.binary(x, residual, self.weight, self.bias, *self.args, 'add', 1.0, 'relu', [], '')
+        return _conv_op.binary(x, residual, self.packed(x), self.bias, *self.args, 'add', 1.0, 'relu', [], '')
 
 
 def _fuse_sequence(modules: Sequence[nn.Module]) -> Optional[List[Callable]]:
@@ -177,15 +189,22 @@ class FastBlock:
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
-    """(N, C, H, W) channels_last tensor as an (N, H*W*C) matrix view: row n is sample n, contiguous."""
-    return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1)
+    """(N, C, H, W) channels_last tensor as an (N, row) matrix view: row n is sample n, one contiguous slice.
+
+    The row is viewed as 16-byte elements where its size allows: PyTorch's row gather/scatter kernels cost
+    per element, so copying the same bytes as complex128 is about 3x faster than as float32 (bit-exact).
+    """
+    flat = x.permute(0, 2, 3, 1).reshape(x.shape[0], -1)
+    if (flat.shape[1] * flat.element_size()) % 16 == 0:
+        return flat.view(torch.complex128)
+    return flat
 
 
 def _gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     if not x.is_contiguous(memory_format=torch.channels_last):
         return x.index_select(0, idx)
     n, c, h, w = x.shape
-    return _rows(x).index_select(0, idx).view(len(idx), h, w, c).permute(0, 3, 1, 2)
+    return _rows(x).index_select(0, idx).view(x.dtype).view(len(idx), h, w, c).permute(0, 3, 1, 2)
 
 
 def _scatter_(out: torch.Tensor, idx: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
