@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models.resnet import BasicBlock, Bottleneck
 
-from .gating import Routing, shortcut
+from .gating import Routing, residual_stages, shortcut
 
 __all__ = ['InferenceEngine', 'fusion_available', 'tune_cpu_allocator']
 
@@ -240,7 +240,7 @@ class InferenceEngine:
         self.fused = fuse
         self.base = _ResNetParts(model.base, model.blocks, fuse)
         policy = model.policy
-        self.policy = _ResNetParts(policy, [b for s in _stages(policy) for b in s], fuse)
+        self.policy = _ResNetParts(policy, [b for s in residual_stages(policy) for b in s], fuse)
         self.policy_img_size = model.policy_img_size
         self.forward_head = model.forward_head
         # every tensor the engine copied from: parameters and BN running statistics
@@ -296,11 +296,3 @@ class InferenceEngine:
 
 
 _get_version = attrgetter('_version')
-
-
-def _stages(net: nn.Module) -> List[nn.Sequential]:
-    stages, i = [], 1
-    while isinstance(getattr(net, f'layer{i}', None), nn.Sequential):
-        stages.append(getattr(net, f'layer{i}'))
-        i += 1
-    return stages

@@ -15,7 +15,16 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ['shortcut', 'masked_block', 'Routing', 'routed_block']
+__all__ = ['residual_stages', 'shortcut', 'masked_block', 'Routing', 'routed_block']
+
+
+def residual_stages(net: nn.Module) -> List[nn.Sequential]:
+    """The residual stages ``layer1 .. layerN`` of a timm-style ResNet, in order (empty for other models)."""
+    stages, i = [], 1
+    while isinstance(getattr(net, f'layer{i}', None), nn.Sequential):
+        stages.append(getattr(net, f'layer{i}'))
+        i += 1
+    return stages
 
 
 def shortcut(block: nn.Module, x: torch.Tensor) -> torch.Tensor:

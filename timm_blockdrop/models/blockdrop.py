@@ -21,7 +21,7 @@ from timm.models._features import feature_take_indices
 from ..checkpoints import CheckpointError, build_with_clear_errors, check_state_dict_fits
 from ..flops import BlockFlops, block_flops_table, count_flops, frozen_eval
 from ..fast import InferenceEngine
-from ..gating import Routing, masked_block, routed_block
+from ..gating import Routing, masked_block, residual_stages, routed_block
 from ..policies import check_alpha, check_threshold, greedy, straight_through
 from .cifar_resnet import CifarResNet
 from .pretrained_cfgs import ORIGIN_URL, PAPER_ID, blockdrop_pretrained_cfgs
@@ -50,14 +50,6 @@ def _check_supported(base: nn.Module) -> None:
         f'timm_blockdrop CifarResNet (cifar_resnet*). Got {type(base).__module__}.{type(base).__name__} '
         f"('{arch}')."
     )
-
-
-def _stages(base: nn.Module) -> List[nn.Sequential]:
-    stages, i = [], 1
-    while isinstance(getattr(base, f'layer{i}', None), nn.Sequential):
-        stages.append(getattr(base, f'layer{i}'))
-        i += 1
-    return stages
 
 
 def _drop_engine(module: 'BlockDropResNet', incompatible_keys) -> None:
@@ -140,7 +132,7 @@ class BlockDropResNet(nn.Module):
     # ---- structure ----
 
     def _refresh_blocks(self) -> None:
-        stages = _stages(self.base)
+        stages = residual_stages(self.base)
         self.stage_sizes = tuple(len(s) for s in stages)
         self._stage_blocks = [list(s) for s in stages]
         if not hasattr(self, '_num_blocks'):
