@@ -69,6 +69,8 @@ def training_function(config, args):
 
     # The pretrained ResNet (frozen) with a fresh policy network; the step computes the REINFORCE loss
     model = run.build_model(config)
+    if config.policy_init_keep is not None:
+        run.init_policy_keep(model, config.policy_init_keep)
     num_blocks = model.num_blocks
     step_fn = CurriculumStep(model, gamma=config.gamma, beta=config.beta, entropy_form=config.entropy)
 

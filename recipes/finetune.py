@@ -14,6 +14,7 @@ The same script runs on one CPU, on N CPU processes (``accelerate launch --multi
 asks Accelerate for CPU processes when there is no GPU) and on N GPUs. Outputs: see timm_blockdrop/train_run.py.
 """
 import argparse
+import copy
 import json
 import math
 import sys
@@ -74,9 +75,12 @@ def training_function(config, args):
     # batch makes the policy-gradient term the reference's sum over the batch on any number of processes
     if not config.init_from:
         accelerator.print('warning: no --init-from: finetuning a fresh policy (the paper starts from the curriculum)')
+    # distill_weight > 0: the ResNet as finetuning starts (all blocks, frozen) also teaches through its logits
     model = run.build_model(config)
+    teacher = copy.deepcopy(model.base) if config.distill_weight else None
     step_fn = FinetuneStep(model, gamma=config.gamma, pg_weight=config.batch_size, beta=config.beta,
-                           entropy_form=config.entropy, mode=config.exec_mode)
+                           entropy_form=config.entropy, mode=config.exec_mode, teacher=teacher,
+                           distill_weight=config.distill_weight, distill_temperature=config.distill_temperature)
 
     # Data: per-sample seeds drive augmentation and policy sampling (same batches on 1 or N processes)
     seeds = SampleSeeds(config.seed, stream=accelerator.process_index if config.streaming else 0)
@@ -92,8 +96,9 @@ def training_function(config, args):
                                          num_workers=config.num_workers)
     eval_loader = make_loader(run.eval_split(config, model), config.eval_batch_size, num_workers=config.num_workers)
 
-    # Optimizer on policy network and ResNet; prepare everything (DDP wraps the step module)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    # Optimizer on policy network (policy_lr) and ResNet (lr); prepare everything (DDP wraps the step module)
+    optimizer = torch.optim.Adam(run.finetune_param_groups(model, config), lr=config.lr,
+                                 weight_decay=config.weight_decay)
     if train_loader is not None:
         step_fn, optimizer, train_loader, eval_loader = accelerator.prepare(
             step_fn, optimizer, train_loader, eval_loader)
@@ -160,7 +165,10 @@ def training_function(config, args):
                 steps_log.append(dict(step=progress.step, epoch=epoch, batch=progress.batch, loss=loss,
                                       pg_loss=accelerator.reduce(out['pg_loss'], 'mean').item(),
                                       ce_loss=accelerator.reduce(out['ce_loss'], 'mean').item(),
-                                      reward=mean_reward, lr=scheduler.get_last_lr()[0]))
+                                      reward=mean_reward, lr=scheduler.get_last_lr()[0],
+                                      **({'policy_lr': scheduler.get_last_lr()[1]} if config.policy_lr else {}),
+                                      **({'kd_loss': accelerator.reduce(out['kd_loss'], 'mean').item()}
+                                         if 'kd_loss' in out else {})))
                 bar.set_postfix(loss=f'{loss:.3f}', reward=f'{mean_reward:.3f}')
             if progress.step % config.checkpoint_every_steps == 0:
                 run.save_checkpoint(accelerator, output_dir, progress, stats, config.keep_checkpoints)
@@ -168,6 +176,7 @@ def training_function(config, args):
 
         # End of epoch: statistics of all processes, evaluation, metrics line, checkpoint
         record = dict(epoch=epoch + 1, step=progress.step, lr=scheduler.get_last_lr()[0],
+                      **({'policy_lr': scheduler.get_last_lr()[1]} if config.policy_lr else {}),
                       images_per_s=throughput.images_per_s(),
                       **stats.reduced(accelerator).summary('train'))
         if (epoch + 1) % config.eval_every_epochs == 0 or epoch + 1 == config.epochs:

@@ -14,6 +14,7 @@
 """
 import importlib.util
 import json
+import math
 import os
 import signal
 import socket
@@ -371,3 +372,84 @@ def test_bad_input_is_a_clear_error(capsys, tmp_path, shared):
 def test_a_fresh_run_does_not_overwrite_another_runs_checkpoints(capsys, cl_run):
     err = _fails(capsys, 'curriculum', '--config', CL_CONFIG, '--output-dir', cl_run[0], *RUN_ARGS)
     assert 'already holds checkpoints' in err and '--resume-from latest' in err
+
+
+def test_policy_lr_is_a_separate_group_on_the_same_schedule():
+    """finetune policy_lr: the policy network's Adam group at policy_lr, the ResNet's at lr, both decayed alike."""
+    from timm_blockdrop.train_run import finetune_param_groups
+    model = timm_blockdrop_wrap_resnet20()
+    config = load_config(FT_CONFIG, {'lr': 1e-4, 'policy_lr': 1e-6, 'lr_schedule': 'step', 'decay_epochs': [1],
+                                     'epochs': 2, 'init_from': None})
+    groups = finetune_param_groups(model, config)
+    assert [g['lr'] for g in groups] == [1e-4, 1e-6]
+    policy_ids = {id(p) for p in model.policy.parameters()}
+    assert {id(p) for p in groups[1]['params']} == policy_ids
+    assert {id(p) for p in groups[0]['params']} == {id(p) for p in model.parameters()} - policy_ids
+    opt = torch.optim.Adam(groups, lr=config.lr)
+    sched = lr_scheduler(opt, config, steps_per_epoch=2)
+    seen = []
+    for _ in range(4):
+        seen.append([g['lr'] for g in opt.param_groups])
+        opt.step()
+        sched.step()
+    assert seen == [[pytest.approx(1e-4), pytest.approx(1e-6)]] * 2 + [[pytest.approx(1e-5), pytest.approx(1e-7)]] * 2
+    same = finetune_param_groups(model, load_config(FT_CONFIG, {'lr': 1e-4, 'init_from': None}))
+    assert [g['lr'] for g in same] == [1e-4, 1e-4]  # policy_lr unset: one learning rate, as the reference
+
+
+@pytest.mark.parametrize('overrides, match', [
+    ({'policy_lr': 1e-5}, "'policy_lr' is for stage finetune"),
+    ({'distill_weight': 1.0}, "'distill_weight' is for stage finetune"),
+])
+def test_finetune_only_keys_are_refused_in_the_curriculum(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        load_config(CL_CONFIG, overrides)
+
+
+@pytest.mark.parametrize('overrides, match', [
+    ({'policy_lr': 0}, "'policy_lr' must be > 0"),
+    ({'distill_weight': -1}, "'distill_weight' must be >= 0"),
+    ({'distill_temperature': 0}, "'distill_temperature' must be > 0"),
+])
+def test_bad_finetune_values(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        load_config(FT_CONFIG, overrides)
+
+
+def timm_blockdrop_wrap_resnet20():
+    import timm_blockdrop
+    base = timm.create_model('cifar_resnet20', pretrained=True,
+                             pretrained_cfg_overlay=dict(file=str(RESNET_FILES[20])))
+    return timm_blockdrop.wrap(base)
+
+
+def test_finetune_run_with_policy_lr_and_distillation(cl_run, tmp_path):
+    out = tmp_path / 'kd'
+    _recipe('finetune', '--config', FT_CONFIG, '--init-from', cl_run[0], '--output-dir', out, *RUN_ARGS[:-2],
+            '--epochs', '1', '--set', 'policy_lr=1e-6', '--set', 'distill_weight=0.5', '--set', 'exec_mode=routed')
+    steps = _lines(out / 'steps.jsonl')
+    assert steps and all(s['policy_lr'] == pytest.approx(1e-6) and s['lr'] == pytest.approx(1e-4) for s in steps)
+    assert all(s['loss'] == pytest.approx(s['pg_loss'] + s['ce_loss'] + 0.5 * s['kd_loss'], rel=1e-4, abs=1e-4)
+               for s in steps)
+    (record,) = _lines(out / 'metrics.jsonl')
+    assert record['policy_lr'] == pytest.approx(1e-6) and EPOCH_KEYS <= set(record)
+    config = yaml.safe_load((out / 'config.yaml').read_text())
+    assert config['policy_lr'] == 1e-6 and config['distill_weight'] == 0.5
+
+
+def test_policy_init_keep_starts_the_policy_near_keep_all(cifar_test_slice):
+    from timm_blockdrop.train_run import init_policy_keep
+    torch.manual_seed(0)
+    model = timm_blockdrop_wrap_resnet20().eval()
+    images = cifar_test_slice[0][:64]
+    with torch.no_grad():
+        fresh = model.policy_probs(images).mean().item()
+        init_policy_keep(model, 0.95)
+        started = model.policy_probs(images)
+    assert 0.2 < fresh < 0.8 and started.mean().item() > 0.9
+    assert model.policy.get_classifier().bias.detach().allclose(torch.full((9,), math.log(0.95 / 0.05)))
+    assert load_config(CL_CONFIG, {'policy_init_keep': 0.9}).policy_init_keep == 0.9
+    with pytest.raises(ValueError, match=r"'policy_init_keep' must lie in \(0, 1\)"):
+        load_config(CL_CONFIG, {'policy_init_keep': 1.0})
+    with pytest.raises(ValueError, match="'policy_init_keep' is for stage curriculum"):
+        load_config(FT_CONFIG, {'policy_init_keep': 0.9})

@@ -168,3 +168,60 @@ def test_finetune_step(resnet20, cifar_test_slice):
     assert all(p.grad is not None for p in resnet20.base.parameters() if p.requires_grad)
     with pytest.raises(ValueError, match='gamma'):
         FinetuneStep(resnet20, gamma=-5)
+
+
+def test_distill_loss_by_hand():
+    """T^2 KL(softmax(teacher/T) || softmax(student/T)), batch mean; zero when the logits agree."""
+    from timm_blockdrop.reinforce import distill_loss
+    student = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    teacher = torch.tensor([[0.0, 2.0], [0.0, 1.0]])
+    t = 2.0
+
+    def softmax(row):
+        e = [math.exp(v / t) for v in row]
+        return [v / sum(e) for v in e]
+    kl = 0.0
+    for s_row, t_row in zip(student.tolist(), teacher.tolist()):
+        p, q = softmax(s_row), softmax(t_row)
+        kl += sum(qi * math.log(qi / pi) for pi, qi in zip(p, q))
+    assert distill_loss(student, teacher, t).item() == pytest.approx(kl / 2 * t * t, rel=1e-6)
+    assert distill_loss(teacher, teacher, t).item() == pytest.approx(0.0, abs=1e-7)
+    x = student.clone().requires_grad_(True)
+    teacher_g = teacher.clone().requires_grad_(True)
+    distill_loss(x, teacher_g, t).backward()
+    assert x.grad.abs().sum() > 0 and teacher_g.grad is None  # only the student learns
+
+
+def test_finetune_step_with_distillation(cifar_test_slice):
+    """distill_weight > 0: loss = pg + ce + w kd against the frozen teacher, which stays in eval mode, untouched."""
+    import copy
+    from timm_blockdrop.reinforce import distill_loss
+    base = timm.create_model('cifar_resnet20', pretrained=True,
+                             pretrained_cfg_overlay=dict(file=str(RESNET_FILES[20])))
+    torch.manual_seed(0)
+    model = timm_blockdrop.wrap(base)
+    teacher = copy.deepcopy(model.base)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    images, labels = cifar_test_slice[0][:16], cifar_test_slice[1][:16]
+    step = FinetuneStep(model, gamma=5.0, pg_weight=16, teacher=teacher, distill_weight=0.5,
+                        distill_temperature=3.0).train()
+    assert step.model.base.training and not step.teacher.training
+    out = step(images, labels, torch.arange(16))
+    assert out['loss'].item() == pytest.approx(
+        out['pg_loss'].item() + out['ce_loss'].item() + 0.5 * out['kd_loss'].item(), rel=1e-5)
+    assert out['kd_loss'].item() > 0
+    with torch.no_grad():
+        want = teacher(images)
+    assert not teacher.training  # the step ran the teacher in eval mode (running BatchNorm statistics)
+    model.zero_grad(set_to_none=True)
+    out['loss'].backward()
+    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+    assert all(p.grad is not None for p in model.base.parameters() if p.requires_grad)
+    assert all(torch.equal(v, before[k]) for k, v in teacher.state_dict().items())
+    # kd_loss is the distillation of the sampled pass's logits against these teacher logits
+    kd_again = distill_loss(model.forward_with_policy(images, out['keep'], mode='masked'), want, 3.0)
+    assert kd_again.item() == pytest.approx(out['kd_loss'].item(), rel=0.2)
+    # no teacher: no kd term; a weight without teacher is refused
+    assert 'kd_loss' not in FinetuneStep(model, gamma=5.0, pg_weight=16)(images, labels, torch.arange(16))
+    with pytest.raises(ValueError, match='teacher'):
+        FinetuneStep(model, gamma=5.0, distill_weight=1.0)

@@ -16,7 +16,7 @@ whatever they train. Randomness is per sample: each row comes with an integer se
 ``data.SampleSeeds``) from which its K uniforms are drawn, so a run gives the same policies whatever the number
 of processes, and resuming repeats exactly the samples an uninterrupted run would have drawn.
 """
-from typing import Dict, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +29,7 @@ from .reward import advantage, check_gamma, reward
 
 __all__ = [
     'ENTROPY_FORMS', 'bernoulli_log_prob', 'entropy', 'row_uniforms', 'sample_with', 'curriculum_loss',
-    'finetune_loss', 'paired_logits', 'CurriculumStep', 'FinetuneStep',
+    'finetune_loss', 'distill_loss', 'paired_logits', 'CurriculumStep', 'FinetuneStep',
 ]
 
 ENTROPY_FORMS = ('reference', 'bernoulli')
@@ -107,6 +107,18 @@ def finetune_loss(
     if beta:
         loss = loss - beta * entropy(probs, entropy_form).sum(1).mean()
     return loss, pg, ce
+
+
+def distill_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0) -> torch.Tensor:
+    """T^2 KL(softmax(teacher / T) || softmax(logits / T)), averaged over the batch (Hinton et al.'s distillation).
+
+    Not in the paper: in joint finetuning the ResNet under the sampled policy may learn from the full ResNet's
+    logits besides the labels (``distill_weight`` in the finetune config).
+    """
+    t = float(temperature)
+    log_p = F.log_softmax(logits.float() / t, dim=1)
+    log_q = F.log_softmax(teacher_logits.detach().float() / t, dim=1)
+    return F.kl_div(log_p, log_q, reduction='batchmean', log_target=True) * t * t
 
 
 def paired_logits(model, images: torch.Tensor, keep_a: torch.Tensor, keep_b: torch.Tensor):
@@ -206,7 +218,8 @@ class FinetuneStep(nn.Module):
     """
 
     def __init__(self, model: nn.Module, gamma: float, pg_weight: float = 1.0, beta: float = 0.0,
-                 entropy_form: str = 'reference', mode: str = 'masked'):
+                 entropy_form: str = 'reference', mode: str = 'masked', teacher: Optional[nn.Module] = None,
+                 distill_weight: float = 0.0, distill_temperature: float = 4.0):
         super().__init__()
         if mode not in ('masked', 'routed'):
             raise ValueError(f"mode must be 'masked' or 'routed', got {mode!r}")
@@ -219,6 +232,20 @@ class FinetuneStep(nn.Module):
         self.entropy_form = entropy_form
         self.mode = mode
         model.requires_grad_(True)
+        self.distill_weight = float(distill_weight)
+        self.distill_temperature = float(distill_temperature)
+        if self.distill_weight and teacher is None:
+            raise ValueError('distill_weight > 0 needs a teacher (the full ResNet)')
+        self.teacher = teacher if self.distill_weight else None
+        if self.teacher is not None:
+            self.teacher.requires_grad_(False)
+            self.teacher.eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()  # frozen: BatchNorm keeps its running statistics
+        return self
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor, seeds: torch.Tensor) -> Dict[str, torch.Tensor]:
         model = self.model
@@ -233,5 +260,12 @@ class FinetuneStep(nn.Module):
             adv = advantage(r, r_greedy)
         loss, pg, ce = finetune_loss(probs_b, keep, adv, logits, targets, self.pg_weight, self.beta,
                                      self.entropy_form)
-        return dict(loss=loss, pg_loss=pg.detach(), ce_loss=ce.detach(), keep=keep, correct=correct, reward=r,
-                    greedy_reward=r_greedy)
+        out = dict(loss=loss, pg_loss=pg.detach(), ce_loss=ce.detach(), keep=keep, correct=correct, reward=r,
+                   greedy_reward=r_greedy)
+        if self.teacher is not None:
+            with torch.no_grad():
+                teacher_logits = self.teacher(images)
+            kd = distill_loss(logits, teacher_logits, self.distill_temperature)
+            out['loss'] = loss + self.distill_weight * kd
+            out['kd_loss'] = kd.detach()
+        return out

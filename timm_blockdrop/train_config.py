@@ -58,14 +58,20 @@ class TrainConfig:
     beta: float = 0.1                       # entropy bonus (curriculum; the reference has none in finetuning)
     entropy: str = 'reference'              # reference (-s log s, as Tushar-N/blockdrop) | bernoulli (full entropy)
     cl_step: int = 1                        # curriculum: blocks handed to the policy per epoch
+    policy_init_keep: Optional[float] = None  # curriculum: start the policy at keep probability p for every block
+                                            # (classifier bias logit(p); None: timm's init, about 0.5)
     threshold: float = 0.5                  # greedy policy: keep block k where s_k >= threshold
     exec_mode: str = 'masked'               # finetune: sampled pass masked (as the reference) or routed
+    distill_weight: float = 0.0             # finetune: + w T^2 KL(full ResNet || ResNet under u) at temperature T
+    distill_temperature: float = 4.0        # (the teacher: the ResNet as finetuning starts, all blocks, frozen)
     # ---- optimisation ----
     epochs: int = 1
     batch_size: int = 256                   # global: over all processes and accumulation steps
     gradient_accumulation_steps: int = 1
     eval_batch_size: int = 256              # per process
     lr: float = 1e-3
+    policy_lr: Optional[float] = None       # finetune: lr of the policy network (None: lr); the ResNet uses lr
+                                            # (both follow the same schedule: cosine floor = min_lr / lr of each)
     weight_decay: float = 0.0
     lr_schedule: str = 'cosine'             # cosine (to min_lr) | step (x decay_ratio at each of decay_epochs)
     warmup_epochs: float = 0.0              # linear warmup from 0
@@ -183,12 +189,24 @@ def _check(config: TrainConfig) -> TrainConfig:
                 'keep_checkpoints', 'log_every_steps', 'eval_every_epochs', 'shuffle_buffer',
                 'max_train_samples', 'max_eval_samples'):
         positive(key)
-    for key in ('epochs', 'beta', 'weight_decay', 'warmup_epochs', 'min_lr', 'num_workers', 'seed'):
+    positive('policy_lr')
+    positive('distill_temperature')
+    for key in ('epochs', 'beta', 'distill_weight', 'weight_decay', 'warmup_epochs', 'min_lr', 'num_workers', 'seed'):
         positive(key, allow_zero=True)
     if not 0 < config.decay_ratio <= 1:
         raise ValueError(f"config key 'decay_ratio' must lie in (0, 1], got {config.decay_ratio}")
     if config.min_lr > config.lr:
         raise ValueError(f"config key 'min_lr' ({config.min_lr}) must not exceed 'lr' ({config.lr})")
+    if config.policy_init_keep is not None:
+        if not 0 < config.policy_init_keep < 1:
+            raise ValueError(f"config key 'policy_init_keep' must lie in (0, 1), got {config.policy_init_keep}")
+        if config.stage != 'curriculum':
+            raise ValueError("config key 'policy_init_keep' is for stage curriculum (finetuning starts from the "
+                             "curriculum's policy)")
+    for key, default in (('policy_lr', None), ('distill_weight', 0.0)):
+        if getattr(config, key) != default and config.stage != 'finetune':
+            raise ValueError(f"config key '{key}' is for stage finetune (the curriculum trains the policy alone, "
+                             f"at 'lr')")
     if config.init_from and config.stage != 'finetune':
         raise ValueError("config key 'init_from' is for stage finetune (a curriculum output folder)")
     config.per_device_batch_size(1)  # batch_size divisible by the accumulation steps

@@ -29,7 +29,7 @@ from .checkpoints import CheckpointError
 from .train_config import TrainConfig
 
 __all__ = [
-    'build_model', 'init_model_folder', 'train_split', 'eval_split', 'lr_scheduler', 'PolicyStats', 'Progress',
+    'build_model', 'init_model_folder', 'finetune_param_groups', 'init_policy_keep', 'train_split', 'eval_split', 'lr_scheduler', 'PolicyStats', 'Progress',
     'checkpoint_dirs', 'find_checkpoint', 'check_fresh', 'save_checkpoint', 'load_checkpoint', 'JsonLines',
     'save_model', 'synced_batches', 'Throughput',
 ]
@@ -77,6 +77,32 @@ def build_model(config: TrainConfig):
     overlay = dict(file=config.pretrained_file) if config.pretrained_file else None
     base = timm.create_model(config.model, pretrained=True, pretrained_cfg_overlay=overlay, **config.model_kwargs)
     return wrap(base, policy_model=config.policy_model, threshold=config.threshold, alpha=config.alpha)
+
+
+def init_policy_keep(model, keep: float) -> None:
+    """Start the policy network near keep probability ``keep`` for every block: classifier bias = logit(keep).
+
+    Not in the paper (whose fresh policy keeps each block with probability about 0.5): a policy that starts near
+    the full ResNet ("keep everything", the one known good policy) drops blocks only as the reward asks it to.
+    """
+    head = model.policy.get_classifier()
+    if not isinstance(head, torch.nn.Linear) or head.bias is None:
+        raise ValueError(f'policy_init_keep needs a policy network whose classifier is a Linear layer with bias, '
+                         f'got {type(head).__name__}')
+    with torch.no_grad():
+        head.bias.fill_(math.log(keep / (1.0 - keep)))
+
+
+def finetune_param_groups(model, config: TrainConfig) -> List[Dict[str, Any]]:
+    """Adam parameter groups of joint finetuning: the ResNet at ``lr``, the policy network at ``policy_lr``.
+
+    ``policy_lr`` None: one learning rate for both (the reference). The schedule scales both groups alike.
+    """
+    policy = list(model.policy.parameters())
+    ids = {id(p) for p in policy}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    policy_lr = config.lr if config.policy_lr is None else config.policy_lr
+    return [dict(params=rest, lr=config.lr), dict(params=policy, lr=policy_lr)]
 
 
 # ---- data ----
