@@ -170,3 +170,16 @@ def test_bench_train_writes_throughputs(tmp_path):
     r = json.loads(out.read_text())['results'][0]
     assert r['batch_size'] == 8 and min(r['plain_ips'], r['curriculum_ips'], r['finetune_ips']) > 0
     assert r['finetune_ratio'] == pytest.approx(r['finetune_ips'] / r['plain_ips'])
+
+
+def test_model_with_engine_copies_and_pickles(tmp_path):
+    import copy
+    m = timm.create_model('blockdrop_cifar_resnet20').eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = m(x)  # builds the engine (packed oneDNN weights)
+    c = copy.deepcopy(m)
+    torch.save(m, tmp_path / 'm.pt')
+    loaded = torch.load(tmp_path / 'm.pt', weights_only=False)
+    with torch.no_grad():
+        assert torch.equal(c(x), ref) and torch.equal(loaded(x), ref)

@@ -200,6 +200,11 @@ class BlockDropResNet(nn.Module):
         self._engine = None  # parameters may be replaced (.to(), .half()): rebuild the inference engine
         return super()._apply(fn, *args, **kwargs)
 
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state['_engine'] = None  # oneDNN-packed weights cannot be copied or pickled; the engine is rebuilt on use
+        return state
+
     def train(self, mode: bool = True):
         self._engine = None  # weights and BN statistics change in training: rebuild on the next eval call
         return super().train(mode)
