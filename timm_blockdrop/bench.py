@@ -31,13 +31,20 @@ def _time_calls(fn: Callable[[int], object], n_inner: int) -> float:
     return (time.perf_counter() - start) / n_inner
 
 
-def _interleaved(variants: Dict[str, Callable[[int], object]], repeats: int, min_seconds: float) -> Dict[str, List[float]]:
-    """Warm each variant up, then time them in turn ``repeats`` times; returns seconds per call."""
+def _interleaved(
+        variants: Dict[str, Callable[[int], object]], repeats: int, min_seconds: float, n_inputs: int,
+) -> Dict[str, List[float]]:
+    """Warm each variant up, then time them in turn ``repeats`` times; returns seconds per call.
+
+    Each timing covers whole cycles over the ``n_inputs`` inputs, so every input (and its policy) weighs the same
+    as in the FLOPs ratio.
+    """
     inner = {}
     for name, fn in variants.items():
-        fn(0), fn(1)  # warm-up: allocator, oneDNN primitive caches
-        once = _time_calls(fn, 2)
-        inner[name] = max(1, math.ceil(min_seconds / max(once, 1e-6)))
+        for i in range(n_inputs):  # warm-up: allocator, oneDNN primitive caches, weight reorders
+            fn(i)
+        once = _time_calls(fn, n_inputs) or 1e-6
+        inner[name] = n_inputs * max(1, math.ceil(min_seconds / (once * n_inputs)))
     times = {name: [] for name in variants}
     for _ in range(repeats):
         for name, fn in variants.items():
@@ -102,7 +109,7 @@ def bench_inference(
                 'routed': routed,
                 'policy': lambda i: engine.policy_probs(xs[i % n_sets]),
             }
-            times = _interleaved(variants, repeats, min_seconds)
+            times = _interleaved(variants, repeats, min_seconds, n_sets)
             s = {name: _summary(t, batch) for name, t in times.items()}
             full_ms = min(s['full_timm']['median'], s['full_fast']['median'])
             ideal_ms = full_ms * flops_ratio
