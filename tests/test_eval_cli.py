@@ -122,4 +122,11 @@ def test_hf_hub_model_offline_not_cached(capsys, shared, tmp_path, monkeypatch):
     monkeypatch.setenv('HF_HUB_CACHE', str(tmp_path))
     assert main(['eval', '--model', 'hf-hub:timm-blockdrop/not-there', '--data', str(CIFAR10), '--quiet']) == 2
     err = capsys.readouterr().err
-    assert 'cannot load Hub repo timm-blockdrop/not-there' in err and 'Traceback' not in err
+    assert 'Hub repo timm-blockdrop/not-there is not in the local cache' in err and 'Traceback' not in err
+
+
+def test_timm_model_offline_names_its_repo(capsys, shared, tmp_path, monkeypatch):
+    monkeypatch.setenv('HF_HUB_CACHE', str(tmp_path))
+    assert main(['eval', '--model', 'resnet18', '--data', str(CIFAR10), '--quiet']) == 2
+    err = capsys.readouterr().err
+    assert 'Hub repo timm/resnet18' in err and 'hf download' in err

@@ -37,26 +37,30 @@ def load_model(model: Optional[str] = None, checkpoint: Optional[str] = None,
             raise ValueError(f'--pretrained-file cannot be combined with {model}: the weights come from there')
         if model.startswith('local-dir:'):
             return load_model(checkpoint=model[len('local-dir:'):])
-        return _from_hub(model)
+        return _pretrained(model)
     if not timm.is_model(model.split('.')[0]):
         raise ValueError(f"unknown model '{model}': not a registered timm model")
     if pretrained_file:
         return timm.create_model(model, pretrained=True, pretrained_cfg_overlay=dict(file=pretrained_file))
-    return timm.create_model(model, pretrained=True)
+    return _pretrained(model)
 
 
-def _from_hub(model: str) -> nn.Module:
+def _pretrained(model: str) -> nn.Module:
+    """``timm.create_model(model, pretrained=True)``; a Hub download that cannot happen names the repo."""
     from huggingface_hub import constants
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
-    repo = model[len('hf-hub:'):]
     try:
         return timm.create_model(model, pretrained=True)
-    except (LocalEntryNotFoundError, OfflineModeIsEnabled, HfHubHTTPError, FileNotFoundError) as e:
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled, HfHubHTTPError) as e:
+        if model.startswith('hf-hub:'):
+            repo = model[len('hf-hub:'):]
+        else:
+            repo = timm.models.get_pretrained_cfg(model).hf_hub_id or model
         offline = ' (HF_HUB_OFFLINE=1 forbids downloading it)' if constants.HF_HUB_OFFLINE else ''
         raise FileNotFoundError(
-            f'cannot load Hub repo {repo}: not in the local cache{offline} or not reachable ({type(e).__name__}). '
-            f'Download it where the Hub is reachable with `hf download {repo}`, or give a local folder with '
-            f'--checkpoint') from None
+            f'cannot load the weights of {model}: Hub repo {repo} is not in the local cache{offline} or not '
+            f'reachable ({type(e).__name__}). Download it where the Hub is reachable with `hf download {repo}`, '
+            f'or give local weights with --pretrained-file or --checkpoint') from None
 
 
 def as_blockdrop(model: nn.Module) -> BlockDropResNet:
