@@ -9,7 +9,7 @@ Two execution modes give the same numbers:
 - routed: each block runs only on the rows that keep it; rows that drop it take the shortcut. All routing
   decisions are read from ``keep`` once per batch (one host sync), not per block.
 """
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
 import torch
 from torch import nn

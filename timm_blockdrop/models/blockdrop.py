@@ -24,7 +24,7 @@ from ..fast import InferenceEngine
 from ..gating import Routing, masked_block, residual_stages, routed_block
 from ..policies import check_alpha, check_threshold, greedy, straight_through
 from .cifar_resnet import CifarResNet
-from .pretrained_cfgs import ORIGIN_URL, PAPER_ID, blockdrop_pretrained_cfgs
+from .pretrained_cfgs import PAPER_ID, blockdrop_pretrained_cfgs
 
 __all__ = ['BlockDropResNet', 'wrap', 'UnsupportedModelError', 'SUPPORTED_BASES']
 
