@@ -30,21 +30,26 @@ from timm_blockdrop.checkpoints import CheckpointError
 from timm_blockdrop.data import (SampleSeeds, make_loader, make_train_loader, streaming_train_split, train_transform,
                                  with_seeded_transform)
 from timm_blockdrop.models.blockdrop import UnsupportedModelError
-from timm_blockdrop.policies import greedy
-from timm_blockdrop.reinforce import FinetuneStep
+from timm_blockdrop.policies import greedy, heuristic_policy
+from timm_blockdrop.reinforce import FinetuneStep, FixedPolicyStep
 from timm_blockdrop.reward import reward
 from timm_blockdrop.train_config import load_config, parse_set, save_config
 
 USER_ERRORS = (ValueError, FileNotFoundError, CheckpointError, UnsupportedModelError)
 
 
-def evaluate(accelerator, model, loader, gamma):
-    """The greedy policy on the eval split, all processes' rows once each."""
+def evaluate(accelerator, model, loader, gamma, config):
+    """The greedy policy (or the fixed heuristic policy) on the eval split, all processes' rows once each."""
     model.eval()
     stats = run.PolicyStats()
+    generator = torch.Generator().manual_seed(config.seed)  # randomk: as blockdrop eval --seed (on 1 process)
     with torch.inference_mode(), accelerator.autocast():
         for images, labels in loader:
-            keep = greedy(model.policy_probs(images), model.threshold)
+            if config.fixed_policy:
+                keep = heuristic_policy(config.fixed_policy, images.shape[0], model.num_blocks, config.fixed_blocks,
+                                        model.stage_sizes, generator).to(images.device)
+            else:
+                keep = greedy(model.policy_probs(images), model.threshold)
             logits = model.forward_with_policy(images, keep, mode='routed')
             keep, preds, labels = accelerator.gather_for_metrics((keep, logits.argmax(1), labels))
             stats.update(keep, preds == labels, reward(keep, preds == labels, gamma))
@@ -59,8 +64,10 @@ def training_function(config, args):
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         step_scheduler_with_optimizer=False,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed),
-        # routed blocks that no row keeps take no part in the loss: DDP must then look for unused parameters
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=config.exec_mode == 'routed')],
+        # routed blocks that no row keeps (and a fixed policy's dropped blocks) take no part in the loss: DDP must
+        # then look for unused parameters
+        kwargs_handlers=[DistributedDataParallelKwargs(
+            find_unused_parameters=config.exec_mode == 'routed' or config.fixed_policy is not None)],
     )
     set_seed(config.seed)
     output_dir = Path(config.output_dir)
@@ -78,9 +85,15 @@ def training_function(config, args):
     # distill_weight > 0: the ResNet as finetuning starts (all blocks, frozen) also teaches through its logits
     model = run.build_model(config)
     teacher = copy.deepcopy(model.base) if config.distill_weight else None
-    step_fn = FinetuneStep(model, gamma=config.gamma, pg_weight=config.batch_size, beta=config.beta,
-                           entropy_form=config.entropy, mode=config.exec_mode, teacher=teacher,
-                           distill_weight=config.distill_weight, distill_temperature=config.distill_temperature)
+    if config.fixed_policy:  # a Table 1 (ft) baseline: the ResNet alone, under FirstK / RandomK / DistributeK
+        if teacher is not None:
+            raise ValueError("'distill_weight' is not supported with 'fixed_policy'")
+        step_fn = FixedPolicyStep(model, config.fixed_policy, config.fixed_blocks, gamma=config.gamma,
+                                  mode=config.exec_mode)
+    else:
+        step_fn = FinetuneStep(model, gamma=config.gamma, pg_weight=config.batch_size, beta=config.beta,
+                               entropy_form=config.entropy, mode=config.exec_mode, teacher=teacher,
+                               distill_weight=config.distill_weight, distill_temperature=config.distill_temperature)
 
     # Data: per-sample seeds drive augmentation and policy sampling (same batches on 1 or N processes)
     seeds = SampleSeeds(config.seed, stream=accelerator.process_index if config.streaming else 0)
@@ -125,7 +138,7 @@ def training_function(config, args):
         metrics.rewrite(progress.history)
         steps_log.truncate(lambda r: r['step'] <= progress.step)
     if config.eval_at_start and not progress.history:
-        record = dict(epoch=0, step=0, **evaluate(accelerator, model, eval_loader, config.gamma))
+        record = dict(epoch=0, step=0, **evaluate(accelerator, model, eval_loader, config.gamma, config))
         progress.history.append(record)
         metrics.append(record)
 
@@ -180,7 +193,7 @@ def training_function(config, args):
                       images_per_s=throughput.images_per_s(),
                       **stats.reduced(accelerator).summary('train'))
         if (epoch + 1) % config.eval_every_epochs == 0 or epoch + 1 == config.epochs:
-            record.update(evaluate(accelerator, model, eval_loader, config.gamma))
+            record.update(evaluate(accelerator, model, eval_loader, config.gamma, config))
         progress.history.append(record)
         progress.epoch, progress.batch, stats = epoch + 1, 0, run.PolicyStats()
         run.save_checkpoint(accelerator, output_dir, progress, stats, config.keep_checkpoints)

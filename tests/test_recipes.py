@@ -453,3 +453,26 @@ def test_policy_init_keep_starts_the_policy_near_keep_all(cifar_test_slice):
         load_config(CL_CONFIG, {'policy_init_keep': 1.0})
     with pytest.raises(ValueError, match="'policy_init_keep' is for stage curriculum"):
         load_config(FT_CONFIG, {'policy_init_keep': 0.9})
+
+
+def test_fixed_policy_finetune_run(cl_run, tmp_path):
+    """fixed_policy: a Table 1 (ft) baseline run; its val numbers are those of blockdrop eval --policy on its model."""
+    out = tmp_path / 'dk'
+    _recipe('finetune', '--config', FT_CONFIG, '--init-from', cl_run[0], '--output-dir', out, *RUN_ARGS[:-2],
+            '--epochs', '1', '--set', 'fixed_policy=distributek', '--set', 'fixed_blocks=7')
+    (record,) = _lines(out / 'metrics.jsonl')
+    assert record['train_blocks_mean'] == 7 and record['val_blocks_mean'] == 7 and record['val_unique_policies'] == 1
+    assert all(s['pg_loss'] == 0 for s in _lines(out / 'steps.jsonl'))
+    report = tmp_path / 'eval.json'
+    assert blockdrop_main(['eval', '--checkpoint', str(out / 'model'), '--data', str(CIFAR10), '--max-samples',
+                           str(N_EVAL), '--batch-size', '64', '--policy', 'distributek', '--blocks', '7', '--quiet',
+                           '--json', str(report)]) == 0
+    assert json.loads(report.read_text())['top1'] == pytest.approx(record['val_accuracy'])
+    with pytest.raises(ValueError, match="'fixed_policy' \\(firstk\\) needs 'fixed_blocks'"):
+        load_config(FT_CONFIG, {'fixed_policy': 'firstk'})
+    with pytest.raises(ValueError, match="'fixed_blocks' is the k of 'fixed_policy'"):
+        load_config(FT_CONFIG, {'fixed_blocks': 7})
+    with pytest.raises(ValueError, match="'fixed_policy' must be one of"):
+        load_config(FT_CONFIG, {'fixed_policy': 'lastk', 'fixed_blocks': 7})
+    with pytest.raises(ValueError, match="'fixed_policy' is for stage finetune"):
+        load_config(CL_CONFIG, {'fixed_policy': 'firstk', 'fixed_blocks': 7})

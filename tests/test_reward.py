@@ -5,6 +5,7 @@ import math
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 
 import timm_blockdrop
 from timm_blockdrop.policies import bounded, check_alpha
@@ -225,3 +226,32 @@ def test_finetune_step_with_distillation(cifar_test_slice):
     assert 'kd_loss' not in FinetuneStep(model, gamma=5.0, pg_weight=16)(images, labels, torch.arange(16))
     with pytest.raises(ValueError, match='teacher'):
         FinetuneStep(model, gamma=5.0, distill_weight=1.0)
+
+
+def test_fixed_keep_and_fixed_policy_step(cifar_test_slice):
+    """FirstK / DistributeK as policies.py; RandomK k blocks per row from the row's seed; the step is plain CE."""
+    from timm_blockdrop.policies import distributek, firstk
+    from timm_blockdrop.reinforce import FixedPolicyStep, fixed_keep
+    seeds = torch.tensor([3, 5, 7, 3])
+    assert torch.equal(fixed_keep('firstk', seeds, 9, 4, (3, 3, 3)), firstk(4, 9, 4))
+    assert torch.equal(fixed_keep('distributek', seeds, 9, 4, (3, 3, 3)), distributek(4, 9, 4, (3, 3, 3)))
+    r = fixed_keep('randomk', seeds, 9, 4, (3, 3, 3))
+    assert r.sum(1).tolist() == [4, 4, 4, 4] and torch.equal(r[0], r[3]) and not torch.equal(r[0], r[1])
+    assert torch.equal(fixed_keep('randomk', seeds[1:2], 9, 4, (3, 3, 3))[0], r[1])  # per row, not per batch
+    base = timm.create_model('cifar_resnet20', pretrained=True,
+                             pretrained_cfg_overlay=dict(file=str(RESNET_FILES[20])))
+    torch.manual_seed(0)
+    model = timm_blockdrop.wrap(base)
+    images, labels = cifar_test_slice[0][:16], cifar_test_slice[1][:16]
+    step = FixedPolicyStep(model, 'distributek', 6, gamma=5.0).train()
+    out = step(images, labels, torch.arange(16))
+    assert torch.equal(out['keep'], distributek(16, 9, 6, (3, 3, 3)))
+    with torch.no_grad():
+        want = F.cross_entropy(model.forward_with_policy(images, out['keep'], mode='masked'), labels)
+    assert out['loss'].item() == pytest.approx(want.item(), rel=1e-5) and out['pg_loss'].item() == 0
+    model.zero_grad(set_to_none=True)
+    out['loss'].backward()
+    assert all(p.grad is None for p in model.policy.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.base.parameters())
+    with pytest.raises(ValueError):
+        FixedPolicyStep(model, 'firstk', 10)  # k > K

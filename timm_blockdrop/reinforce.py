@@ -24,12 +24,13 @@ from torch import nn
 
 from .curriculum import force_prefix
 from .gating import Routing, routed_block
-from .policies import bounded, greedy
+from .policies import bounded, greedy, heuristic_policy
 from .reward import advantage, check_gamma, reward
 
 __all__ = [
     'ENTROPY_FORMS', 'bernoulli_log_prob', 'entropy', 'row_uniforms', 'sample_with', 'curriculum_loss',
-    'finetune_loss', 'distill_loss', 'paired_logits', 'CurriculumStep', 'FinetuneStep',
+    'finetune_loss', 'distill_loss', 'paired_logits', 'CurriculumStep', 'FinetuneStep', 'fixed_keep',
+    'FixedPolicyStep',
 ]
 
 ENTROPY_FORMS = ('reference', 'bernoulli')
@@ -269,3 +270,49 @@ class FinetuneStep(nn.Module):
             out['loss'] = loss + self.distill_weight * kd
             out['kd_loss'] = kd.detach()
         return out
+
+
+def fixed_keep(name: str, seeds: torch.Tensor, num_blocks: int, k: int, stage_sizes: Sequence[int]) -> torch.Tensor:
+    """(B, K) keep of a heuristic policy (firstk, randomk, distributek) for rows with these sample seeds.
+
+    RandomK draws each row's k blocks from the row's own uniforms (``row_uniforms``), so a sample gets the same
+    blocks in any batch, on any number of processes and after a resume.
+    """
+    if name == 'randomk':
+        keep = torch.zeros(len(seeds), num_blocks)
+        if k:
+            keep.scatter_(1, row_uniforms(seeds, num_blocks).argsort(dim=1)[:, :k], 1.0)
+        return keep
+    return heuristic_policy(name, len(seeds), num_blocks, k, stage_sizes)
+
+
+class FixedPolicyStep(nn.Module):
+    """Finetuning the ResNet under a heuristic policy: the FirstK / RandomK / DistributeK (ft) baselines of Table 1.
+
+    Cross-entropy of the ResNet run under ``fixed_keep`` (the policy network is frozen and unused); ``reward``
+    (Eq. 3 with ``gamma``) is reported for comparison only. Same outputs as ``FinetuneStep`` (pg_loss = 0).
+    """
+
+    def __init__(self, model: nn.Module, policy: str, blocks: int, gamma: float = 5.0, mode: str = 'masked'):
+        super().__init__()
+        if mode not in ('masked', 'routed'):
+            raise ValueError(f"mode must be 'masked' or 'routed', got {mode!r}")
+        heuristic_policy(policy, 1, model.num_blocks, blocks, model.stage_sizes)  # validates name and k
+        self.model = model
+        self.policy_name = policy
+        self.blocks = int(blocks)
+        self.gamma = check_gamma(gamma)
+        self.mode = mode
+        model.requires_grad_(True)
+        model.policy.requires_grad_(False)
+
+    def forward(self, images: torch.Tensor, targets: torch.Tensor, seeds: torch.Tensor) -> Dict[str, torch.Tensor]:
+        model = self.model
+        keep = fixed_keep(self.policy_name, seeds, model.num_blocks, self.blocks, model.stage_sizes).to(images.device)
+        logits = model.forward_head(model.forward_blocks(model.forward_stem(images), keep, mode=self.mode))
+        ce = F.cross_entropy(logits.float(), targets)
+        with torch.no_grad():
+            correct = logits.argmax(1) == targets
+            r = reward(keep, correct, self.gamma)
+        return dict(loss=ce, pg_loss=torch.zeros((), device=ce.device), ce_loss=ce.detach(), keep=keep,
+                    correct=correct, reward=r, greedy_reward=r)

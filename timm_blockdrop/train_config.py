@@ -62,6 +62,8 @@ class TrainConfig:
                                             # (classifier bias logit(p); None: timm's init, about 0.5)
     threshold: float = 0.5                  # greedy policy: keep block k where s_k >= threshold
     exec_mode: str = 'masked'               # finetune: sampled pass masked (as the reference) or routed
+    fixed_policy: Optional[str] = None      # finetune: firstk | randomk | distributek: train the ResNet under this
+    fixed_blocks: Optional[int] = None      # heuristic with k = fixed_blocks (Table 1 baselines, ft), no policy net
     distill_weight: float = 0.0             # finetune: + w T^2 KL(full ResNet || ResNet under u) at temperature T
     distill_temperature: float = 4.0        # (the teacher: the ResNet as finetuning starts, all blocks, frozen)
     # ---- optimisation ----
@@ -203,7 +205,14 @@ def _check(config: TrainConfig) -> TrainConfig:
         if config.stage != 'curriculum':
             raise ValueError("config key 'policy_init_keep' is for stage curriculum (finetuning starts from the "
                              "curriculum's policy)")
-    for key, default in (('policy_lr', None), ('distill_weight', 0.0)):
+    if config.fixed_policy is not None:
+        one_of('fixed_policy', ('firstk', 'randomk', 'distributek'))
+        if config.fixed_blocks is None or config.fixed_blocks < 0:
+            raise ValueError(f"config key 'fixed_policy' ({config.fixed_policy}) needs 'fixed_blocks' (k >= 0), "
+                             f"got {config.fixed_blocks}")
+    elif config.fixed_blocks is not None:
+        raise ValueError("config key 'fixed_blocks' is the k of 'fixed_policy', which is not set")
+    for key, default in (('policy_lr', None), ('distill_weight', 0.0), ('fixed_policy', None)):
         if getattr(config, key) != default and config.stage != 'finetune':
             raise ValueError(f"config key '{key}' is for stage finetune (the curriculum trains the policy alone, "
                              f"at 'lr')")
