@@ -1,0 +1,86 @@
+"""Copy a training run's small files into docs/results/runs/<name>/ and rebuild the runs index (README.md).
+
+    python docs/results/runs/record.py OUTPUT_DIR --command "CMD" --wall-s 694 [--name NAME] [--note TEXT]
+        [--hardware "2-core CPU"] [--with-state]
+
+Copies config.yaml, metrics.jsonl and steps.jsonl (if under 500 kB) and writes run.json (command, wall time,
+hardware, note, last greedy val accuracy / blocks). --with-state also copies the newest checkpoint folder and
+model/ (a resumable state; CIFAR ResNet-32 is a few MB). README.md is regenerated from every run.json here.
+"""
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def last_val(metrics):
+    for r in reversed(metrics):
+        if 'val_accuracy' in r:
+            return r
+    return {}
+
+
+def record(args):
+    src = Path(args.output_dir)
+    name = args.name or src.name
+    dst = HERE / name
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in ('config.yaml', 'metrics.jsonl'):
+        shutil.copy2(src / f, dst / f)
+    steps = src / 'steps.jsonl'
+    if steps.is_file() and steps.stat().st_size < 500_000:
+        shutil.copy2(steps, dst / 'steps.jsonl')
+    if args.with_state:
+        ckpts = sorted((src / 'checkpoints').glob('step_*'), key=lambda p: int(p.name.split('_')[1]))
+        if (dst / 'checkpoints').exists():
+            shutil.rmtree(dst / 'checkpoints')
+        if ckpts:
+            shutil.copytree(ckpts[-1], dst / 'checkpoints' / ckpts[-1].name)
+        if (src / 'model').is_dir():
+            if (dst / 'model').exists():
+                shutil.rmtree(dst / 'model')
+            shutil.copytree(src / 'model', dst / 'model')
+    metrics = [json.loads(line) for line in (src / 'metrics.jsonl').read_text().splitlines() if line.strip()]
+    v = last_val(metrics)
+    info = dict(name=name, command=args.command, wall_s=args.wall_s, hardware=args.hardware, note=args.note,
+                epochs_done=metrics[-1]['epoch'] if metrics else 0, last_val_epoch=v.get('epoch'),
+                val_accuracy=v.get('val_accuracy'), val_blocks_mean=v.get('val_blocks_mean'),
+                val_images=v.get('val_images'))
+    (dst / 'run.json').write_text(json.dumps(info, indent=1) + '\n')
+    write_index()
+
+
+def write_index():
+    runs = [json.loads(p.read_text()) for p in sorted(HERE.glob('*/run.json'))]
+    lines = ['# Training runs (issue 7)', '',
+             'One line per run: its exact command, wall time, hardware and the greedy policy\'s val accuracy / '
+             'mean blocks at its last evaluation (val = the first `val_images` images of the CIFAR-10 test split). '
+             'Each folder holds the resolved `config.yaml`, `metrics.jsonl` (per epoch) and `steps.jsonl`; '
+             '`run.json` holds this line. Regenerate with `python docs/results/runs/record.py`.', '',
+             '| run | epochs done | val acc % | blocks | val images | wall | hardware | note | command |',
+             '|---|---|---|---|---|---|---|---|---|']
+    for r in runs:
+        acc = '' if r['val_accuracy'] is None else f"{r['val_accuracy']:.2f}"
+        blocks = '' if r['val_blocks_mean'] is None else f"{r['val_blocks_mean']:.2f}"
+        wall = '' if r['wall_s'] is None else f"{r['wall_s'] / 60:.1f} min"
+        lines.append(f"| [{r['name']}]({r['name']}/) | {r['epochs_done']} | {acc} | {blocks} | {r['val_images']} | "
+                     f"{wall} | {r['hardware']} | {r['note'] or ''} | `{r['command']}` |")
+    (HERE / 'README.md').write_text('\n'.join(lines) + '\n')
+
+
+if __name__ == '__main__':
+    p = argparse.ArgumentParser()
+    p.add_argument('output_dir', nargs='?')
+    p.add_argument('--name')
+    p.add_argument('--command', default='')
+    p.add_argument('--wall-s', type=float)
+    p.add_argument('--hardware', default='2-core CPU (shared by 2 runs at a time)')
+    p.add_argument('--note', default='')
+    p.add_argument('--with-state', action='store_true')
+    a = p.parse_args()
+    if a.output_dir:
+        record(a)
+    else:
+        write_index()
