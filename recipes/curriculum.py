@@ -69,6 +69,9 @@ def training_function(config, args):
 
     # The pretrained ResNet (frozen) with a fresh policy network; the step computes the REINFORCE loss
     model = run.build_model(config)
+    if config.policy_init_from_base:
+        copied = run.init_policy_from_base(model)
+        accelerator.print(f'policy network: {len(copied)} tensors copied from the base ResNet')
     if config.policy_init_keep is not None:
         run.init_policy_keep(model, config.policy_init_keep)
     num_blocks = model.num_blocks

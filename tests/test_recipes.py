@@ -476,3 +476,18 @@ def test_fixed_policy_finetune_run(cl_run, tmp_path):
         load_config(FT_CONFIG, {'fixed_policy': 'lastk', 'fixed_blocks': 7})
     with pytest.raises(ValueError, match="'fixed_policy' is for stage finetune"):
         load_config(CL_CONFIG, {'fixed_policy': 'firstk', 'fixed_blocks': 7})
+
+
+def test_policy_init_from_base_copies_matching_layers():
+    from timm_blockdrop.train_run import init_policy_from_base
+    torch.manual_seed(0)
+    model = timm_blockdrop_wrap_resnet20()
+    fc_before = model.policy.get_classifier().weight.detach().clone()
+    copied = init_policy_from_base(model)
+    base, policy = model.base.state_dict(), model.policy.state_dict()
+    assert 'conv1.weight' in copied and 'layer3.0.conv2.weight' in copied and 'bn1.running_mean' in copied
+    assert all(torch.equal(policy[k], base[k]) for k in copied)
+    assert not any(k.startswith('fc.') for k in copied)  # 9 outputs vs 10 classes: stays fresh
+    assert torch.equal(model.policy.get_classifier().weight, fc_before)
+    with pytest.raises(ValueError, match="'policy_init_from_base' is for stage curriculum"):
+        load_config(FT_CONFIG, {'policy_init_from_base': True})

@@ -58,6 +58,8 @@ class TrainConfig:
     beta: float = 0.1                       # entropy bonus (curriculum; the reference has none in finetuning)
     entropy: str = 'reference'              # reference (-s log s, as Tushar-N/blockdrop) | bernoulli (full entropy)
     cl_step: int = 1                        # curriculum: blocks handed to the policy per epoch
+    policy_init_from_base: bool = False     # curriculum: copy the base ResNet's weights into the policy network's
+                                            # layers of the same name and shape (stem, first block of each stage)
     policy_init_keep: Optional[float] = None  # curriculum: start the policy at keep probability p for every block
                                             # (classifier bias logit(p); None: timm's init, about 0.5)
     threshold: float = 0.5                  # greedy policy: keep block k where s_k >= threshold
@@ -212,6 +214,9 @@ def _check(config: TrainConfig) -> TrainConfig:
                              f"got {config.fixed_blocks}")
     elif config.fixed_blocks is not None:
         raise ValueError("config key 'fixed_blocks' is the k of 'fixed_policy', which is not set")
+    if config.policy_init_from_base and config.stage != 'curriculum':
+        raise ValueError("config key 'policy_init_from_base' is for stage curriculum (finetuning starts from the "
+                         "curriculum's policy)")
     for key, default in (('policy_lr', None), ('distill_weight', 0.0), ('fixed_policy', None)):
         if getattr(config, key) != default and config.stage != 'finetune':
             raise ValueError(f"config key '{key}' is for stage finetune (the curriculum trains the policy alone, "

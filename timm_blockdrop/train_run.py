@@ -29,7 +29,8 @@ from .checkpoints import CheckpointError
 from .train_config import TrainConfig
 
 __all__ = [
-    'build_model', 'init_model_folder', 'finetune_param_groups', 'init_policy_keep', 'train_split', 'eval_split', 'lr_scheduler', 'PolicyStats', 'Progress',
+    'build_model', 'init_model_folder', 'finetune_param_groups', 'init_policy_keep',
+    'init_policy_from_base', 'train_split', 'eval_split', 'lr_scheduler', 'PolicyStats', 'Progress',
     'checkpoint_dirs', 'find_checkpoint', 'check_fresh', 'save_checkpoint', 'load_checkpoint', 'JsonLines',
     'save_model', 'synced_batches', 'Throughput',
 ]
@@ -91,6 +92,23 @@ def init_policy_keep(model, keep: float) -> None:
                          f'got {type(head).__name__}')
     with torch.no_grad():
         head.bias.fill_(math.log(keep / (1.0 - keep)))
+
+
+def init_policy_from_base(model) -> List[str]:
+    """Copy the base ResNet's tensors into the policy network wherever name and shape agree; the names copied.
+
+    Not in the paper (a fresh policy network): for a CIFAR ResNet-8 policy on a CIFAR ResNet base this is the stem
+    and the first block of each stage (the classifier differs in shape and stays fresh), so the policy starts
+    with features that already tell the classes apart.
+    """
+    base = model.base.state_dict()
+    state = model.policy.state_dict()
+    copied = [k for k, v in state.items() if k in base and base[k].shape == v.shape]
+    if not copied:
+        raise ValueError('policy_init_from_base: the policy network shares no tensor name and shape with the base')
+    state.update({k: base[k].clone() for k in copied})
+    model.policy.load_state_dict(state)
+    return copied
 
 
 def finetune_param_groups(model, config: TrainConfig) -> List[Dict[str, Any]]:
