@@ -37,6 +37,7 @@ def main():
         a.set_ylabel('val top-1 % (runs: their val_images; paper: full test)')
         a.grid(alpha=0.3)
     ax.set_title('last evaluation of each run')
+    ax.set_ylim(40, 95)
     ax2.set_title('per-epoch evaluations (trajectories)')
     ax2.legend(fontsize=6)
     fig.tight_layout()
