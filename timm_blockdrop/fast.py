@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from timm.models.resnet import BasicBlock, Bottleneck
 
 from .gating import Routing, residual_stages, shortcut
+from .models.policy_net import policy_input
 
 __all__ = ['InferenceEngine', 'fusion_available', 'tune_cpu_allocator']
 
@@ -260,10 +261,7 @@ class InferenceEngine:
         return x.contiguous(memory_format=torch.channels_last)
 
     def policy_probs(self, x: torch.Tensor) -> torch.Tensor:
-        size = self.policy_img_size
-        if size is not None and tuple(x.shape[-2:]) != (size, size):
-            x = F.adaptive_avg_pool2d(self.prepare(x), size)
-        h = self.policy.features_in(self.prepare(x))
+        h = self.policy.features_in(self.prepare(policy_input(self.prepare(x), self.policy_img_size)))
         for block in self.policy.blocks:
             h = block.full(h)
         return torch.sigmoid(self.policy.net.forward_head(h))

@@ -25,7 +25,8 @@ from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from .checkpoints import CheckpointError, checkpoint_weights_file, read_hf_config
+from .checkpoints import CheckpointError, read_hf_config
+from .loading import load_model
 from .models.blockdrop import BlockDropResNet
 from .models.pretrained_cfgs import DATASETS, PAPER_ID, hub_id
 
@@ -74,15 +75,13 @@ def check_repo_id(repo_id: str) -> str:
 
 def load_checkpoint(folder: str) -> BlockDropResNet:
     """The BlockDrop model of a ``save_for_hf`` folder, or a clear error when it is none."""
-    cfg = read_hf_config(folder)
-    checkpoint_weights_file(folder)
-    arch = cfg['architecture']
+    arch = read_hf_config(folder)['architecture']
     if arch not in timm.list_models('blockdrop_*'):
         raise CheckpointError(
             f"checkpoint {folder} holds a '{arch}', not a BlockDrop model (blockdrop_*): wrap a ResNet with "
             f"timm_blockdrop.wrap(model) and save that with timm.models.save_for_hf(model, DIR, "
             f"safe_serialization=True)")
-    model = timm.create_model(f'local-dir:{folder}', pretrained=True)
+    model = load_model(checkpoint=folder)  # checks the weight file, loads through timm's local-dir:
     if not isinstance(model, BlockDropResNet):
         raise CheckpointError(f"checkpoint {folder}: '{arch}' built a {type(model).__name__}, not a BlockDropResNet")
     return model.eval()

@@ -13,7 +13,6 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 import timm
 from timm.models import ResNet, generate_default_cfgs, is_model, register_model
 from timm.models._features import feature_take_indices
@@ -24,6 +23,7 @@ from ..fast import InferenceEngine
 from ..gating import Routing, masked_block, residual_stages, routed_block
 from ..policies import check_alpha, check_threshold, greedy, straight_through
 from .cifar_resnet import CifarResNet
+from .policy_net import policy_input
 from .pretrained_cfgs import PAPER_ID, blockdrop_pretrained_cfgs
 
 __all__ = ['BlockDropResNet', 'wrap', 'UnsupportedModelError', 'SUPPORTED_BASES']
@@ -224,10 +224,7 @@ class BlockDropResNet(nn.Module):
 
     def policy_probs(self, x: torch.Tensor) -> torch.Tensor:
         """s = sigmoid(f_pn(x)), the (B, K) keep probabilities (Eq. 2)."""
-        size = self.policy_img_size
-        if size is not None and tuple(x.shape[-2:]) != (size, size):
-            x = F.adaptive_avg_pool2d(x, size)  # 224 -> 112 is the paper's 2x2 average pool
-        return torch.sigmoid(self.policy(x))
+        return torch.sigmoid(self.policy(policy_input(x, self.policy_img_size)))
 
     def default_policy(self, x: torch.Tensor) -> torch.Tensor:
         """Train mode: a sampled policy with straight-through gradient; eval: greedy at ``threshold``."""

@@ -5,7 +5,10 @@
 the image downsampled to 112 px. Their ``num_classes`` is the number of blocks K; ``BlockDropResNet``
 applies the sigmoid. Registered as timm models so another policy is a config change (``policy_model``).
 """
-from typing import Any, Dict
+from typing import Any, Dict, Optional
+
+import torch
+import torch.nn.functional as F
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import generate_default_cfgs, register_model
@@ -13,6 +16,14 @@ from timm.models.resnet import BasicBlock, ResNet
 
 from ..checkpoints import build_with_clear_errors
 from .cifar_resnet import CIFAR10_MEAN, CIFAR10_STD, CifarResNet, checkpoint_filter_fn
+
+
+def policy_input(x: torch.Tensor, size: Optional[int]) -> torch.Tensor:
+    """The image as the policy network sees it: average-pooled to ``size`` px (224 -> 112 is the paper's
+    2x2 average pool), or as it is when ``size`` is None or already matches."""
+    if size is not None and tuple(x.shape[-2:]) != (size, size):
+        x = F.adaptive_avg_pool2d(x, size)
+    return x
 
 
 def _cfg(**kwargs) -> Dict[str, Any]:
