@@ -11,7 +11,6 @@ self-critical baseline (the greedy policy), alpha-bounded sampling, entropy bonu
 The same script runs on one CPU, on N CPU processes (``accelerate launch --multi_gpu --num_processes N``; it
 asks Accelerate for CPU processes when there is no GPU) and on N GPUs. Outputs: see timm_blockdrop/train_run.py.
 """
-import argparse
 import json
 import math
 import sys
@@ -31,7 +30,7 @@ from timm_blockdrop.models.blockdrop import UnsupportedModelError
 from timm_blockdrop.policies import greedy
 from timm_blockdrop.reinforce import CurriculumStep
 from timm_blockdrop.reward import reward
-from timm_blockdrop.train_config import load_config, parse_set, save_config
+from timm_blockdrop.train_config import config_from_args, recipe_arguments, save_config
 
 USER_ERRORS = (ValueError, FileNotFoundError, CheckpointError, UnsupportedModelError)
 
@@ -186,27 +185,9 @@ def training_function(config, args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description='BlockDrop stage 1: curriculum learning of the policy network.')
-    parser.add_argument('--config', required=True, help='YAML config (recipes/configs/*_cl.yaml)')
-    parser.add_argument('--output-dir', help='where metrics, checkpoints and the model go (config: output_dir)')
-    parser.add_argument('--epochs', type=int)
-    parser.add_argument('--batch-size', type=int, help='global batch size')
-    parser.add_argument('--max-train-samples', type=int)
-    parser.add_argument('--max-eval-samples', type=int)
-    parser.add_argument('--data', help='HF datasets Hub id or local folder')
-    parser.add_argument('--resume-from', help="'latest' (in the output folder), a checkpoint or an output folder")
-    parser.add_argument('--set', action='append', metavar='KEY=VALUE', help='override any config key (repeatable)')
-    parser.add_argument('--cpu', action='store_true', help='train on the CPU even if there is a GPU')
-    args = parser.parse_args(argv)
+    args = recipe_arguments('BlockDrop stage 1: curriculum learning of the policy network.', 'curriculum').parse_args(argv)
     try:
-        overrides = parse_set(args.set)
-        overrides.update({k: v for k, v in dict(
-            output_dir=args.output_dir, epochs=args.epochs, batch_size=args.batch_size, data=args.data,
-            max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples).items()
-            if v is not None})
-        config = load_config(args.config, overrides)
-        if config.stage != 'curriculum':
-            raise ValueError(f'{args.config} is a {config.stage} config: run it with recipes/{config.stage}.py')
+        config = config_from_args(args, 'curriculum')
         training_function(config, args)
     except USER_ERRORS as e:
         print(f'curriculum: error: {e}', file=sys.stderr)

@@ -13,7 +13,6 @@ sampled policy. No curriculum: the policy decides all K blocks.
 The same script runs on one CPU, on N CPU processes (``accelerate launch --multi_gpu --num_processes N``; it
 asks Accelerate for CPU processes when there is no GPU) and on N GPUs. Outputs: see timm_blockdrop/train_run.py.
 """
-import argparse
 import copy
 import json
 import math
@@ -33,7 +32,7 @@ from timm_blockdrop.models.blockdrop import UnsupportedModelError
 from timm_blockdrop.policies import greedy, heuristic_policy
 from timm_blockdrop.reinforce import FinetuneStep, FixedPolicyStep
 from timm_blockdrop.reward import reward
-from timm_blockdrop.train_config import load_config, parse_set, save_config
+from timm_blockdrop.train_config import config_from_args, recipe_arguments, save_config
 
 USER_ERRORS = (ValueError, FileNotFoundError, CheckpointError, UnsupportedModelError)
 
@@ -209,28 +208,10 @@ def training_function(config, args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description='BlockDrop stage 2: joint finetuning of policy network and ResNet.')
-    parser.add_argument('--config', required=True, help='YAML config (recipes/configs/*_ft.yaml)')
-    parser.add_argument('--init-from', help='the curriculum output folder (or its model/ folder)')
-    parser.add_argument('--output-dir', help='where metrics, checkpoints and the model go (config: output_dir)')
-    parser.add_argument('--epochs', type=int)
-    parser.add_argument('--batch-size', type=int, help='global batch size')
-    parser.add_argument('--max-train-samples', type=int)
-    parser.add_argument('--max-eval-samples', type=int)
-    parser.add_argument('--data', help='HF datasets Hub id or local folder')
-    parser.add_argument('--resume-from', help="'latest' (in the output folder), a checkpoint or an output folder")
-    parser.add_argument('--set', action='append', metavar='KEY=VALUE', help='override any config key (repeatable)')
-    parser.add_argument('--cpu', action='store_true', help='train on the CPU even if there is a GPU')
+    parser = recipe_arguments('BlockDrop stage 2: joint finetuning of policy network and ResNet.', 'finetune')
     args = parser.parse_args(argv)
     try:
-        overrides = parse_set(args.set)
-        overrides.update({k: v for k, v in dict(
-            output_dir=args.output_dir, epochs=args.epochs, init_from=args.init_from, batch_size=args.batch_size,
-            data=args.data, max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples).items()
-            if v is not None})
-        config = load_config(args.config, overrides)
-        if config.stage != 'finetune':
-            raise ValueError(f'{args.config} is a {config.stage} config: run it with recipes/{config.stage}.py')
+        config = config_from_args(args, 'finetune')
         training_function(config, args)
     except USER_ERRORS as e:
         print(f'finetune: error: {e}', file=sys.stderr)

@@ -6,6 +6,7 @@ values outside their range are errors that name the key. ``${BLOCKDROP_SHARED}``
 folder (the environment variable, default ``../shared``). Each run writes its resolved config next to its metrics
 (``save_config``), so every number it produced can be regenerated from what sits beside it.
 """
+import argparse
 import dataclasses
 import difflib
 import math
@@ -23,7 +24,8 @@ from .policies import check_alpha, check_threshold
 from .reinforce import ENTROPY_FORMS
 from .reward import check_gamma
 
-__all__ = ['STAGES', 'TrainConfig', 'load_config', 'parse_set', 'save_config', 'config_keys']
+__all__ = ['STAGES', 'TrainConfig', 'load_config', 'parse_set', 'save_config', 'config_keys', 'recipe_arguments',
+           'config_from_args']
 
 STAGES = ('curriculum', 'finetune')
 SCHEDULES = ('cosine', 'step')
@@ -277,3 +279,36 @@ def save_config(config: TrainConfig, path) -> None:
     """Write the resolved config as YAML (loadable by ``load_config``)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+# command-line flags every recipe takes that override the config key of the same name
+_FLAG_KEYS = ('output_dir', 'epochs', 'init_from', 'batch_size', 'data', 'max_train_samples', 'max_eval_samples')
+
+
+def recipe_arguments(description: str, stage: str) -> argparse.ArgumentParser:
+    """The command line of ``recipes/<stage>.py``: the config file, overrides, resuming, CPU."""
+    suffix = {'curriculum': 'cl', 'finetune': 'ft'}[stage]
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument('--config', required=True, help=f'YAML config (recipes/configs/*_{suffix}.yaml)')
+    if stage == 'finetune':
+        parser.add_argument('--init-from', help='the curriculum output folder (or its model/ folder)')
+    parser.add_argument('--output-dir', help='where metrics, checkpoints and the model go (config: output_dir)')
+    parser.add_argument('--epochs', type=int)
+    parser.add_argument('--batch-size', type=int, help='global batch size')
+    parser.add_argument('--max-train-samples', type=int)
+    parser.add_argument('--max-eval-samples', type=int)
+    parser.add_argument('--data', help='HF datasets Hub id or local folder')
+    parser.add_argument('--resume-from', help="'latest' (in the output folder), a checkpoint or an output folder")
+    parser.add_argument('--set', action='append', metavar='KEY=VALUE', help='override any config key (repeatable)')
+    parser.add_argument('--cpu', action='store_true', help='train on the CPU even if there is a GPU')
+    return parser
+
+
+def config_from_args(args, stage: str) -> TrainConfig:
+    """The config file of ``args`` with ``--set`` and the flags applied, checked to be for ``stage``."""
+    overrides = parse_set(args.set)
+    overrides.update({k: getattr(args, k) for k in _FLAG_KEYS if getattr(args, k, None) is not None})
+    config = load_config(args.config, overrides)
+    if config.stage != stage:
+        raise ValueError(f'{args.config} is a {config.stage} config: run it with recipes/{config.stage}.py')
+    return config
