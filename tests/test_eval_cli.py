@@ -39,6 +39,9 @@ def test_resnet32_heuristic_policies(tmp_path, shared, capsys):
     rand = _eval(tmp_path, *args, '--policy', 'randomk', '--blocks', '7')
     assert first['blocks_mean'] == dist['blocks_mean'] == rand['blocks_mean'] == 7
     assert first['unique_policies'] == 1 and rand['unique_policies'] > 1
+    for c, rates in rand['per_class_block_keep_rate'].items():  # class x block keep rates sum to the class's blocks
+        assert len(rates) == 15 and sum(rates) == pytest.approx(rand['per_class_blocks_mean'][c], abs=1e-4)
+    assert first['per_class_block_keep_rate']['0'] == [1.0] * 7 + [0.0] * 8
     assert first['flops_mean'] < full['flops_mean'] and first['top1'] < full['top1']
     assert 'top-1' in capsys.readouterr().out
 

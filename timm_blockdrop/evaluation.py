@@ -79,7 +79,9 @@ def evaluate_policy(
     labels = torch.cat(labels)
     keep = torch.cat(rows)
     unique = len({r.tobytes() for r in np.packbits(keep.numpy(), axis=1)})
-    per_class = {int(c): round(float(n_blocks[labels == c].mean()), 4) for c in labels.unique()}
+    classes = labels.unique()
+    per_class = {int(c): round(float(n_blocks[labels == c].mean()), 4) for c in classes}
+    per_class_keep = {int(c): [round(float(v), 6) for v in keep[labels == c].double().mean(0)] for c in classes}
     return {
         'model': model.pretrained_cfg.get('architecture'),
         'base_model': model._model_args.get('base_model'),
@@ -100,6 +102,7 @@ def evaluate_policy(
         'block_keep_rate': [round(float(v), 6) for v in keep.double().mean(0)],
         'blocks_hist': torch.bincount(keep.sum(1), minlength=model.num_blocks + 1).tolist(),
         'per_class_blocks_mean': per_class,
+        'per_class_block_keep_rate': per_class_keep,
     }
 
 
