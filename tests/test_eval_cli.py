@@ -133,3 +133,16 @@ def test_timm_model_offline_names_its_repo(capsys, shared, tmp_path, monkeypatch
     assert main(['eval', '--model', 'resnet18', '--data', str(CIFAR10), '--quiet']) == 2
     err = capsys.readouterr().err
     assert 'Hub repo timm/resnet18' in err and 'hf download' in err
+
+
+def test_compare_full_times_the_full_model_on_the_same_batches(tmp_path, shared, capsys):
+    args = ['--model', 'cifar_resnet32', '--pretrained-file', str(RESNET_FILES[32]), '--max-samples', '300',
+            '--batch-size', '100', '--policy', 'distributek', '--blocks', '7']
+    plain = _eval(tmp_path, *args)
+    r = _eval(tmp_path, *args, '--compare-full')
+    assert 'speedup_vs_full_timm' not in plain
+    assert r['top1'] == plain['top1'] and r['blocks_mean'] == 7  # timing the full model changes no prediction
+    for name in ('full_timm', 'full_fast'):
+        assert r[f'{name}_images_per_s'] > 0
+        assert r[f'speedup_vs_{name}'] == pytest.approx(r['images_per_s'] / r[f'{name}_images_per_s'])
+    assert 'x faster' in capsys.readouterr().out

@@ -38,6 +38,8 @@ def _add_eval(sub) -> None:
     p.add_argument('--device', default='cpu')
     p.add_argument('--json', default=None, help='write the report as JSON here')
     p.add_argument('--quiet', action='store_true', help='no progress bar')
+    p.add_argument('--compare-full', action='store_true',
+                   help='also time the full base ResNet (plain timm and fused) on the same batches: speed-up')
 
 
 def run_eval(args) -> dict:
@@ -65,7 +67,7 @@ def run_eval(args) -> dict:
     loader = make_loader(dataset, args.batch_size, num_workers=args.num_workers)
     torch.manual_seed(args.seed)
     report = evaluate_policy(model, loader, policy, args.blocks, seed=args.seed, device=args.device,
-                             progress=not args.quiet)
+                             progress=not args.quiet, compare_full=args.compare_full)
     report.update(model=loaded.pretrained_cfg.get('architecture'), checkpoint=args.checkpoint, pretrained_file=args.pretrained_file, data=args.data,
                   split=args.split)
     print(format_report(report))

@@ -34,11 +34,17 @@ def evaluate_policy(
         seed: int = 0,
         device: str = 'cpu',
         progress: bool = True,
+        compare_full: bool = False,
 ) -> Dict:
     """Evaluate ``model`` on ``loader`` (batches of (images, labels)) under ``policy``.
 
     ``learned`` uses the policy network's greedy policy (its FLOPs counted); the heuristics ``full``, ``firstk``,
     ``randomk`` and ``distributek`` keep ``blocks`` blocks without running the policy network (not counted).
+
+    ``images_per_s`` times the forward passes only (policy net included), not the data loading, and leaves out
+    the first batch (warm-up) when there are several. ``compare_full`` also times, on the same batches and
+    interleaved with it, the full base ResNet as plain timm runs it (``full_timm``) and with the fused inference
+    engine (``full_fast``, CPU only), and reports BlockDrop's speed-up over each.
     """
     if policy not in POLICIES:
         raise ValueError(f"unknown policy '{policy}': choose one of {', '.join(POLICIES)}")
@@ -48,22 +54,48 @@ def evaluate_policy(
     metric = load_accuracy_metric()
     model.eval().to(device)
     n_blocks, flops, labels, rows = [], [], [], []
-    seconds, n_images = 0.0, 0
+    n_images = 0
+    timed = {'blockdrop': [0.0, 0]}  # variant -> [seconds, images], batches after the first
+    if compare_full:
+        timed['full_timm'] = [0.0, 0]
+        if model.fast_inference and torch.device(device).type == 'cpu':
+            timed['full_fast'] = [0.0, 0]
     img_size = None
+
+    def blockdrop(images):
+        if policy == 'learned':
+            keep = model.default_policy(images)
+        else:
+            keep = heuristic_policy(policy, images.shape[0], model.num_blocks, blocks, model.stage_sizes,
+                                    generator).to(device)
+        return keep, model.forward_with_policy(images, keep).argmax(dim=1).cpu()
+
+    variants = {'blockdrop': blockdrop, 'full_timm': model.base,
+                'full_fast': lambda images: model.inference_engine().full(images)}
+
+    def clock(name, images):
+        start = time.perf_counter()
+        out = variants[name](images)
+        timed[name][0] += time.perf_counter() - start
+        timed[name][1] += images.shape[0]
+        return out
+
     with torch.inference_mode():
-        for images, targets in tqdm(loader, desc=f'eval {policy}', disable=not progress, leave=False):
+        for i, (images, targets) in enumerate(tqdm(loader, desc=f'eval {policy}', disable=not progress,
+                                                   leave=False)):
             images = images.to(device)
             if img_size is None:
                 img_size = tuple(images.shape[-2:])
-            start = time.perf_counter()
-            if policy == 'learned':
-                keep = model.default_policy(images)
-            else:
-                keep = heuristic_policy(policy, images.shape[0], model.num_blocks, blocks, model.stage_sizes,
-                                        generator).to(device)
-            logits = model.forward_with_policy(images, keep)
-            preds = logits.argmax(dim=1).cpu()
-            seconds += time.perf_counter() - start
+            if i == 0:  # warm-up (engine build, allocator, oneDNN primitives): run everything once, untimed
+                keep, preds = blockdrop(images)
+                for name in timed:
+                    if name != 'blockdrop':
+                        variants[name](images)
+            else:  # the variants side by side on the same batch
+                keep, preds = clock('blockdrop', images)
+                for name in timed:
+                    if name != 'blockdrop':
+                        clock(name, images)
             n_images += images.shape[0]
             metric.add_batch(predictions=preds, references=targets)
             keep = keep.cpu().bool()
@@ -71,8 +103,12 @@ def evaluate_policy(
             flops.append(model.flops(keep, include_policy=policy == 'learned', img_size=img_size))
             labels.append(targets)
             rows.append(keep)
+        if n_images and timed['blockdrop'][1] == 0:  # a single batch: time it again, now warm
+            for name in timed:
+                clock(name, images)
     if n_images == 0:
         raise ValueError('the dataset split is empty: nothing to evaluate')
+    speed = {name: n / sec for name, (sec, n) in timed.items()}
     top1 = metric.compute()['accuracy']
     n_blocks = torch.cat(n_blocks).double()
     flops = torch.cat(flops)
@@ -82,7 +118,7 @@ def evaluate_policy(
     classes = labels.unique()
     per_class = {int(c): round(float(n_blocks[labels == c].mean()), 4) for c in classes}
     per_class_keep = {int(c): [round(float(v), 6) for v in keep[labels == c].double().mean(0)] for c in classes}
-    return {
+    report = {
         'model': model.pretrained_cfg.get('architecture'),
         'base_model': model._model_args.get('base_model'),
         'image_size': list(img_size),
@@ -98,12 +134,17 @@ def evaluate_policy(
         'flops_std': float(flops.std(unbiased=False)),
         'full_flops': float(model.flops_table(img_size)[0].full),
         'unique_policies': unique,
-        'images_per_s': n_images / seconds,
+        'images_per_s': speed['blockdrop'],
         'block_keep_rate': [round(float(v), 6) for v in keep.double().mean(0)],
         'blocks_hist': torch.bincount(keep.sum(1), minlength=model.num_blocks + 1).tolist(),
         'per_class_blocks_mean': per_class,
         'per_class_block_keep_rate': per_class_keep,
     }
+    for name in ('full_timm', 'full_fast'):
+        if name in speed:
+            report[f'{name}_images_per_s'] = speed[name]
+            report[f'speedup_vs_{name}'] = speed['blockdrop'] / speed[name]
+    return report
 
 
 def format_report(r: Dict) -> str:
@@ -118,5 +159,6 @@ def format_report(r: Dict) -> str:
         f"blocks           {r['blocks_mean']:.1f} ± {r['blocks_std']:.1f} of {r['num_blocks']}",
         f"FLOPs/img        {r['flops_mean']:.2E} ± {r['flops_std']:.2E}  (full model {r['full_flops']:.2E})",
         f"unique policies  {r['unique_policies']}",
-        f"images/s         {r['images_per_s']:.1f}",
-    ])
+        f"images/s         {r['images_per_s']:.1f}  (forward passes only, batches after the first)",
+    ] + [f"vs {name:<13} {r[f'{name}_images_per_s']:.1f} images/s: {r[f'speedup_vs_{name}']:.2f}x faster"
+         for name in ('full_timm', 'full_fast') if f'speedup_vs_{name}' in r])
