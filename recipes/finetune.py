@@ -85,10 +85,9 @@ def training_function(config, args):
     model = run.build_model(config)
     teacher = copy.deepcopy(model.base) if config.distill_weight else None
     if config.fixed_policy:  # a Table 1 (ft) baseline: the ResNet alone, under FirstK / RandomK / DistributeK
-        if teacher is not None:
-            raise ValueError("'distill_weight' is not supported with 'fixed_policy'")
         step_fn = FixedPolicyStep(model, config.fixed_policy, config.fixed_blocks, gamma=config.gamma,
-                                  mode=config.exec_mode)
+                                  mode=config.exec_mode, teacher=teacher, distill_weight=config.distill_weight,
+                                  distill_temperature=config.distill_temperature)
     else:
         step_fn = FinetuneStep(model, gamma=config.gamma, pg_weight=config.batch_size, beta=config.beta,
                                entropy_form=config.entropy, mode=config.exec_mode, teacher=teacher,

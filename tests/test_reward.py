@@ -255,3 +255,16 @@ def test_fixed_keep_and_fixed_policy_step(cifar_test_slice):
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.base.parameters())
     with pytest.raises(ValueError):
         FixedPolicyStep(model, 'firstk', 10)  # k > K
+    # with a teacher, the baseline distils exactly as FinetuneStep does: loss = ce + w kd
+    import copy
+    from timm_blockdrop.reinforce import distill_loss
+    teacher = copy.deepcopy(model.base)
+    step = FixedPolicyStep(model, 'distributek', 6, teacher=teacher, distill_weight=0.5, distill_temperature=3.0)
+    out = step.train()(images, labels, torch.arange(16))
+    assert not teacher.training and out['kd_loss'].item() > 0
+    assert out['loss'].item() == pytest.approx(out['ce_loss'].item() + 0.5 * out['kd_loss'].item(), rel=1e-5)
+    with torch.no_grad():
+        kd = distill_loss(model.forward_with_policy(images, out['keep'], mode='masked'), teacher(images), 3.0)
+    assert kd.item() == pytest.approx(out['kd_loss'].item(), rel=1e-4)
+    with pytest.raises(ValueError, match='teacher'):
+        FixedPolicyStep(model, 'firstk', 4, distill_weight=1.0)

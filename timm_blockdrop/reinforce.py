@@ -209,7 +209,37 @@ class CurriculumStep(nn.Module):
         return dict(loss=loss, keep=keep, correct=correct, reward=r, greedy_reward=r_greedy)
 
 
-class FinetuneStep(nn.Module):
+class _DistilledStep(nn.Module):
+    """A finetuning step that may also distil a frozen teacher's logits (``distill_weight`` > 0)."""
+
+    def _set_teacher(self, teacher: Optional[nn.Module], distill_weight: float, distill_temperature: float):
+        self.distill_weight = float(distill_weight)
+        self.distill_temperature = float(distill_temperature)
+        if self.distill_weight and teacher is None:
+            raise ValueError('distill_weight > 0 needs a teacher (the full ResNet)')
+        self.teacher = teacher if self.distill_weight else None
+        if self.teacher is not None:
+            self.teacher.requires_grad_(False)
+            self.teacher.eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()  # frozen: BatchNorm keeps its running statistics
+        return self
+
+    def _distil(self, out: Dict[str, torch.Tensor], logits: torch.Tensor, images: torch.Tensor):
+        """Add w * kd to out['loss'] (and kd_loss to out) where there is a teacher."""
+        if self.teacher is not None:
+            with torch.no_grad():
+                teacher_logits = self.teacher(images)
+            kd = distill_loss(logits, teacher_logits, self.distill_temperature)
+            out['loss'] = out['loss'] + self.distill_weight * kd
+            out['kd_loss'] = kd.detach()
+        return out
+
+
+class FinetuneStep(_DistilledStep):
     """One joint-finetuning step (Alg. 1 line 15): policy-gradient loss + cross-entropy under the sampled policy.
 
     ``pg_weight`` scales the per-row mean of the policy-gradient term (the global batch size reproduces the
@@ -233,20 +263,7 @@ class FinetuneStep(nn.Module):
         self.entropy_form = entropy_form
         self.mode = mode
         model.requires_grad_(True)
-        self.distill_weight = float(distill_weight)
-        self.distill_temperature = float(distill_temperature)
-        if self.distill_weight and teacher is None:
-            raise ValueError('distill_weight > 0 needs a teacher (the full ResNet)')
-        self.teacher = teacher if self.distill_weight else None
-        if self.teacher is not None:
-            self.teacher.requires_grad_(False)
-            self.teacher.eval()
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if self.teacher is not None:
-            self.teacher.eval()  # frozen: BatchNorm keeps its running statistics
-        return self
+        self._set_teacher(teacher, distill_weight, distill_temperature)
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor, seeds: torch.Tensor) -> Dict[str, torch.Tensor]:
         model = self.model
@@ -263,13 +280,7 @@ class FinetuneStep(nn.Module):
                                      self.entropy_form)
         out = dict(loss=loss, pg_loss=pg.detach(), ce_loss=ce.detach(), keep=keep, correct=correct, reward=r,
                    greedy_reward=r_greedy)
-        if self.teacher is not None:
-            with torch.no_grad():
-                teacher_logits = self.teacher(images)
-            kd = distill_loss(logits, teacher_logits, self.distill_temperature)
-            out['loss'] = loss + self.distill_weight * kd
-            out['kd_loss'] = kd.detach()
-        return out
+        return self._distil(out, logits, images)
 
 
 def fixed_keep(name: str, seeds: torch.Tensor, num_blocks: int, k: int, stage_sizes: Sequence[int]) -> torch.Tensor:
@@ -286,14 +297,16 @@ def fixed_keep(name: str, seeds: torch.Tensor, num_blocks: int, k: int, stage_si
     return heuristic_policy(name, len(seeds), num_blocks, k, stage_sizes)
 
 
-class FixedPolicyStep(nn.Module):
+class FixedPolicyStep(_DistilledStep):
     """Finetuning the ResNet under a heuristic policy: the FirstK / RandomK / DistributeK (ft) baselines of Table 1.
 
-    Cross-entropy of the ResNet run under ``fixed_keep`` (the policy network is frozen and unused); ``reward``
-    (Eq. 3 with ``gamma``) is reported for comparison only. Same outputs as ``FinetuneStep`` (pg_loss = 0).
+    Cross-entropy of the ResNet run under ``fixed_keep`` (the policy network is frozen and unused), plus the same
+    distillation term as ``FinetuneStep`` when given a teacher, so a baseline trains exactly as BlockDrop does;
+    ``reward`` (Eq. 3 with ``gamma``) is reported for comparison only. Same outputs as ``FinetuneStep`` (pg_loss 0).
     """
 
-    def __init__(self, model: nn.Module, policy: str, blocks: int, gamma: float = 5.0, mode: str = 'masked'):
+    def __init__(self, model: nn.Module, policy: str, blocks: int, gamma: float = 5.0, mode: str = 'masked',
+                 teacher: Optional[nn.Module] = None, distill_weight: float = 0.0, distill_temperature: float = 4.0):
         super().__init__()
         if mode not in ('masked', 'routed'):
             raise ValueError(f"mode must be 'masked' or 'routed', got {mode!r}")
@@ -305,6 +318,7 @@ class FixedPolicyStep(nn.Module):
         self.mode = mode
         model.requires_grad_(True)
         model.policy.requires_grad_(False)
+        self._set_teacher(teacher, distill_weight, distill_temperature)
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor, seeds: torch.Tensor) -> Dict[str, torch.Tensor]:
         model = self.model
@@ -314,5 +328,6 @@ class FixedPolicyStep(nn.Module):
         with torch.no_grad():
             correct = logits.argmax(1) == targets
             r = reward(keep, correct, self.gamma)
-        return dict(loss=ce, pg_loss=torch.zeros((), device=ce.device), ce_loss=ce.detach(), keep=keep,
-                    correct=correct, reward=r, greedy_reward=r)
+        out = dict(loss=ce, pg_loss=torch.zeros((), device=ce.device), ce_loss=ce.detach(), keep=keep,
+                   correct=correct, reward=r, greedy_reward=r)
+        return self._distil(out, logits, images)
