@@ -3,7 +3,7 @@
 Reads (every series is optional: a missing one is skipped with a printed note; eval/ holds `blockdrop eval --json`
 reports)
     eval/full_cifar_resnet*.json        full base ResNets
-    eval/threshold_sweep/*.json         one BlockDrop model at several greedy thresholds
+    eval/threshold_sweep/<name>/*.json  one BlockDrop model at several greedy thresholds (a line per name)
     eval/gamma/*.json                   models retrained per gamma, named <stage>_g<gamma>.json (cl_g0.5, ft_g5)
     eval/*_noft.json, eval/*_ft.json    heuristic baselines without / with finetuning
     eval/release_*.json                 the released BlockDrop model(s)
@@ -101,15 +101,17 @@ def gamma_groups(reports):
 def acc_series(root):
     """(reports, label, annotate, style) of every series of acc_vs_flops.png found under root/eval, paper last."""
     full = by_flops(load(root, 'full_cifar_resnet*.json', 'full base ResNets'))
-    sweep = by_flops(load(root, 'threshold_sweep/*.json', 'threshold sweep'))
+    sweeps = {d.name: by_flops(load(root, f'threshold_sweep/{d.name}/*.json', f'threshold sweep {d.name}'))
+              for d in sorted((root / 'eval' / 'threshold_sweep').glob('*')) if d.is_dir()}
     gammas = gamma_groups(load(root, 'gamma/*.json', 'retrained per gamma'))
     noft = load(root, '*_noft.json', 'heuristics without finetuning')
     ft = [r for r in load(root, '*_ft.json', 'heuristics finetuned') if not r['name'].startswith('release_')]
     release = load(root, 'release_*.json', 'released model')
     series = [(full, 'full base ResNet', lambda r: r.get('base_model') or r['name'],
-               dict(line=True, marker='D', color='tab:gray', ls=':')),
-              (sweep, 'threshold sweep (one policy)', lambda r: f"t={r.get('threshold')}",
-               dict(line=True, marker='o', color='tab:blue'))]
+               dict(line=True, marker='D', color='tab:gray', ls=':'))]
+    for (name, sweep), color in zip(sweeps.items(), ('tab:blue', 'tab:cyan', 'tab:purple')):
+        series.append((sweep, f'threshold sweep of {name} (one policy)', lambda r: f"t={r.get('threshold')}",
+                       dict(line=True, marker='o', color=color)))
     for (stage, group), color in zip(gammas.items(), ('tab:green', 'tab:olive', 'tab:brown', 'tab:pink')):
         series.append((group, 'retrained per gamma' + (f' ({stage})' if stage else ''), lambda r: r['gamma_label'],
                        dict(line=True, marker='P', color=color)))

@@ -26,6 +26,8 @@ DATASETS = {
 
 # 'entry.tag' whose weights are published under HUB_ORG (README, "Publishing to the Hub", lists the same)
 RELEASED_TAGS = frozenset()
+# 'entry.tag' -> its Hub-ready folder (blockdrop publish --dry-run) committed in the project repository, not uploaded
+LOCAL_RELEASES = {'blockdrop_cifar_resnet32.cifar10': 'release/blockdrop_cifar_resnet32.cifar10'}
 
 _CIFAR10_BASE = 'akamaster/pytorch_resnet_cifar10 weights (BSD 2-Clause), shortcut A'
 
@@ -40,6 +42,11 @@ def release_status(name: str) -> Optional[str]:
     entry, _, tag = name.partition('.')
     if not entry.startswith('blockdrop_') or name in RELEASED_TAGS:
         return None
+    if name in LOCAL_RELEASES:
+        folder = LOCAL_RELEASES[name]
+        return (f'the weights of {name} are not on the Hub yet: a Hub-ready copy is in the folder {folder} of '
+                f"the timm-blockdrop repository; from a clone, timm.create_model('local-dir:{folder}', "
+                f'pretrained=True)')
     if tag == 'in1k':
         return (f'no weights are released for {name} yet: ImageNet BlockDrop models need a GPU cluster with '
                 f'ImageNet and are trained with the ImageNet recipe (recipes/configs/imagenet_resnet101_cl.yaml, '
