@@ -2,7 +2,7 @@
 # Every `blockdrop eval` report behind docs/RESULTS.md, written to docs/results/eval/ (full CIFAR-10 test set,
 # 10,000 images), then the plots. Run from the repository root after `make setup`:
 #     bash docs/results/evaluate_all.sh [SECTION...]
-# sections, in this order: bases gamma baselines release sweep plots publish (default: all). `publish` writes the
+# sections, in this order: bases gamma sweep_cl baselines_noft baselines_ft release sweep plots publish (default: all). `publish` writes the
 # Hub-ready folder release/blockdrop_cifar_resnet32.cifar10 with `blockdrop publish --dry-run` from the
 # finetuning run's final model (docs/results/runs/FA_g5_plr1e-5/model), its eval report and the plots.
 # SHARED (default ../shared) is the read-only folder with the data and the base checkpoints.
@@ -17,7 +17,7 @@ REPO=blockdrop_cifar_resnet32.cifar10
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 ev() { .venv/bin/blockdrop eval --data "$DATA" --num-workers 0 --quiet "$@"; }
 want() { [[ " ${SECTIONS} " == *" $1 "* ]]; }
-SECTIONS="${*:-bases gamma baselines release sweep plots publish}"
+SECTIONS="${*:-bases gamma sweep_cl baselines_noft baselines_ft release sweep plots publish}"
 mkdir -p $OUT/gamma $OUT/threshold_sweep/release $OUT/threshold_sweep/cl_g0.5
 
 if want bases; then  # the full base ResNets (shared checkpoints)
@@ -32,10 +32,15 @@ if want gamma; then  # one policy per gamma, curriculum only (H: gamma 1; I_H_g*
   ev --checkpoint $RUNS/I_H_g0.2/model --json $OUT/gamma/cl_g0.2.json
 fi
 
-if want baselines; then  # Table 1 heuristics at K = 11 (the finetuned BlockDrop's ~11.4 blocks), before / after ft
+if want baselines_noft; then  # Table 1 heuristics at K = 11 (the finetuned BlockDrop's ~11.4 blocks), no ft
   for p in firstk randomk distributek; do
     ev --model cifar_resnet32 --pretrained-file $W/resnet32-d509ac18.th --policy $p --blocks 11 \
        --json $OUT/resnet32_${p}11_noft.json
+  done
+fi
+
+if want baselines_ft; then  # the same after finetuning the ResNet under each heuristic (runs K11_*)
+  for p in firstk randomk distributek; do
     ev --checkpoint $RUNS/K11_$p/model --policy $p --blocks 11 --json $OUT/resnet32_${p}11_ft.json
   done
 fi
@@ -48,6 +53,9 @@ if want sweep; then  # the inference budget knob: one trained policy, several gr
   for t in 0.1 0.2 0.3 0.4 0.5 0.6 0.7 0.8 0.9; do
     ev --checkpoint $FINAL/model --threshold $t --json $OUT/threshold_sweep/release/t$t.json
   done
+fi
+
+if want sweep_cl; then  # the same knob on a curriculum-only policy, beside the curriculum runs per gamma
   for t in 0.2 0.3 0.4 0.5 0.6 0.7 0.8; do
     ev --checkpoint $RUNS/I_H_g0.5/model --threshold $t --json $OUT/threshold_sweep/cl_g0.5/t$t.json
   done
