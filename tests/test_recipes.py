@@ -103,12 +103,14 @@ def ft_run(tmp_path_factory, cl_run):
 
 def test_every_shipped_config_loads():
     names = sorted(p.stem for p in CONFIGS.glob('*.yaml'))
-    assert names == sorted(f'{d}_{s}' for d in ('cifar10_resnet32', 'cifar10_resnet110', 'cifar100_resnet56',
-                                                'imagenet_resnet101') for s in ('cl', 'ft'))
+    assert names == sorted([f'{d}_{s}' for d in ('cifar10_resnet32', 'cifar10_resnet110', 'cifar100_resnet56',
+                                                 'imagenet_resnet101') for s in ('cl', 'ft')]
+                           + ['cifar10_resnet32_cl_cpu', 'cifar10_resnet32_ft_cpu'])  # the release's recipe
     for name in names:
         config = load_config(CONFIGS / f'{name}.yaml')
-        assert config.stage == {'cl': 'curriculum', 'ft': 'finetune'}[name.rsplit('_', 1)[1]]
+        assert config.stage == {'cl': 'curriculum', 'ft': 'finetune'}[name.removesuffix('_cpu').rsplit('_', 1)[1]]
         assert timm.is_model(config.model.split('.')[0])
+        assert config.output_dir == f'outputs/{name}'
         if config.stage == 'finetune':
             assert config.init_from == f"outputs/{name.replace('_ft', '_cl')}" and config.beta == 0
     imagenet = load_config(CONFIGS / 'imagenet_resnet101_ft.yaml')
