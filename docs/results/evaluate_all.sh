@@ -47,6 +47,7 @@ fi
 
 if want release; then  # the released model, timed against the full ResNet-32 on the same batches
   ev --checkpoint $FINAL/model --compare-full --json $OUT/release_$REPO.json
+  ev --checkpoint $FINAL/model --compare-full --batch-size 1 --max-samples 2000 --json $OUT/speed_batch1_$REPO.json
 fi
 
 if want sweep; then  # the inference budget knob: one trained policy, several greedy thresholds

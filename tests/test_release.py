@@ -1,0 +1,86 @@
+"""The released weights under release/ (issue 7): `blockdrop eval` on the real CIFAR-10 test set reproduces the
+numbers their model cards print, exactly as printed, and the folders load through timm's `local-dir:`."""
+import json
+import re
+from pathlib import Path
+
+import pytest
+import timm
+from huggingface_hub import ModelCard
+
+import timm_blockdrop  # noqa: F401  (registers the blockdrop_* architectures)
+from timm_blockdrop.cli import main
+
+from conftest import CIFAR10
+
+RELEASE = Path(__file__).resolve().parents[1] / 'release'
+RELEASED = ['blockdrop_cifar_resnet32.cifar10']
+
+
+def _card_rows(card_text):
+    """The Evaluation table of a card: label -> (top-1, blocks, FLOPs, unique policies, images)."""
+    rows = {}
+    for line in card_text.splitlines():
+        cells = [c.strip() for c in line.strip().strip('|').split('|')]
+        if len(cells) == 6 and cells[0].startswith(('this model', 'base ')):
+            rows[cells[0]] = tuple(cells[1:])
+    return rows
+
+
+def test_every_release_folder_is_listed_here():
+    from timm_blockdrop.models.pretrained_cfgs import LOCAL_RELEASES
+    found = sorted(p.name for p in RELEASE.iterdir() if p.is_dir())
+    assert found == sorted(RELEASED) == sorted(LOCAL_RELEASES)
+    assert all(LOCAL_RELEASES[name] == f'release/{name}' for name in RELEASED)
+
+
+@pytest.mark.parametrize('name', RELEASED)
+def test_release_reproduces_its_card(tmp_path, shared, name):
+    folder = RELEASE / name
+    assert {'model.safetensors', 'config.json', 'README.md'} <= {p.name for p in folder.iterdir()}
+    card = ModelCard.load(folder / 'README.md')
+    rows = _card_rows(card.text)
+    label = 'this model, learned policy'
+    assert label in rows, f'the card of {name} has no "{label}" row'
+    top1, blocks, flops, unique, images = rows[label]
+    out = tmp_path / 'eval.json'
+    args = ['eval', '--checkpoint', str(folder), '--data', str(CIFAR10), '--quiet', '--json', str(out)]
+    if int(images) < 10000:
+        args += ['--max-samples', images]
+    assert main(args) == 0
+    r = json.loads(out.read_text())
+    assert f"{r['top1']:.2f}" == top1
+    assert f"{r['blocks_mean']:.2f} ± {r['blocks_std']:.2f}" == blocks
+    assert f"{r['flops_mean']:.3E} ± {r['flops_std']:.2E}" == flops
+    assert (str(r['unique_policies']), str(r['n_images'])) == (unique, images)
+    # the Hub metadata (model-index) carries the same top-1
+    value = card.data.eval_results[0].metric_value
+    assert f'{value:.2f}' == top1
+    # and the folder is a timm model: local-dir: gives the same architecture and threshold as config.json
+    model = timm.create_model(f'local-dir:{folder}', pretrained=True)
+    config = json.loads((folder / 'config.json').read_text())
+    assert model.pretrained_cfg['architecture'] == config['architecture'] == 'blockdrop_cifar_resnet32'
+    assert model.threshold == config['model_args']['threshold']
+    assert re.fullmatch(r'\d+\.\d\d', top1)
+
+
+# the recipe configs of the release equal the resolved configs the runs recorded (paths and bookkeeping aside)
+RUNS = Path(__file__).resolve().parents[1] / 'docs' / 'results' / 'runs'
+PATHS = ('pretrained_file', 'data', 'init_from', 'output_dir')
+UNUSED = ('decay_epochs',)  # the step schedule's milestones: the release runs use cosine
+
+
+@pytest.mark.parametrize('config, run', [('cifar10_resnet32_cl_cpu.yaml', 'I_H_g0.2'),
+                                         ('cifar10_resnet32_ft_cpu.yaml', 'FA_g5_plr1e-5')])
+def test_release_recipe_configs_are_the_recorded_runs(shared, config, run):
+    import dataclasses
+    from timm_blockdrop.train_config import load_config
+    ours = dataclasses.asdict(load_config(str(RUNS.parents[2] / 'recipes' / 'configs' / config)))
+    recorded = dataclasses.asdict(load_config(str(RUNS / run / 'config.yaml')))
+    assert recorded['lr_schedule'] == 'cosine'
+    for key in PATHS:  # the same shared files; a run folder where the run had one
+        assert (ours[key] is None) == (recorded[key] is None), key
+        if key in ('pretrained_file', 'data') and ours[key] is not None:
+            assert Path(ours[key]).name == Path(recorded[key]).name, key
+    assert ({k: v for k, v in ours.items() if k not in PATHS + UNUSED}
+            == {k: v for k, v in recorded.items() if k not in PATHS + UNUSED})
