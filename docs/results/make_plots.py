@@ -155,12 +155,18 @@ def plot_acc_vs_flops(root, out):
     return save(fig, out / 'acc_vs_flops.png')
 
 
+def release_reports(root, field, plot):
+    """The release_*.json reports that carry ``field`` (a note for ``plot`` where none does)."""
+    found = load(root, 'release_*.json', f'released model ({plot})')
+    release = [r for r in found if r.get(field)]
+    if found and not release:
+        print(f'skip {plot}: no release report with {field}')
+    return release
+
+
 def plot_blocks_hist(root, out):
-    found = load(root, 'release_*.json', 'released model (blocks histogram)')
-    release = [r for r in found if r.get('blocks_hist')]
+    release = release_reports(root, 'blocks_hist', 'blocks_hist.png')
     if not release:
-        if found:
-            print('skip blocks_hist.png: no release report with blocks_hist')
         return None
     fig, axes = plt.subplots(1, len(release), figsize=(6 * len(release), 4), squeeze=False)
     for ax, r in zip(axes[0], release):
@@ -177,11 +183,8 @@ def plot_blocks_hist(root, out):
 
 
 def plot_per_class_policy(root, out):
-    found = load(root, 'release_*.json', 'released model (per-class policy)')
-    release = [r for r in found if r.get('per_class_block_keep_rate')]
+    release = release_reports(root, 'per_class_block_keep_rate', 'per_class_policy.png')
     if not release:
-        if found:
-            print('skip per_class_policy.png: no release report with per_class_block_keep_rate')
         return None
     fig, axes = plt.subplots(len(release), 1, figsize=(9, 4.5 * len(release)), squeeze=False)
     for ax, r in zip(axes[:, 0], release):
