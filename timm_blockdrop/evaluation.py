@@ -160,5 +160,5 @@ def format_report(r: Dict) -> str:
         f"FLOPs/img        {r['flops_mean']:.2E} ± {r['flops_std']:.2E}  (full model {r['full_flops']:.2E})",
         f"unique policies  {r['unique_policies']}",
         f"images/s         {r['images_per_s']:.1f}  (forward passes only, batches after the first)",
-    ] + [f"vs {name:<13} {r[f'{name}_images_per_s']:.1f} images/s: {r[f'speedup_vs_{name}']:.2f}x faster"
+    ] + [f"vs {name:<13} {r[f'{name}_images_per_s']:.1f} images/s: speed-up {r[f'speedup_vs_{name}']:.2f}x"
          for name in ('full_timm', 'full_fast') if f'speedup_vs_{name}' in r])
