@@ -280,8 +280,8 @@ def test_pretrained_offline_with_nothing_cached(tmp_path, monkeypatch, capsys, s
     assert 'HF_HUB_OFFLINE=1' in msg and f'hf download {REPO_ID}' in msg and "'local-dir:PATH'" in msg
     assert f"not on the Hub yet: a Hub-ready copy is in the folder release/{TAG}" in msg  # issue 7's release
     assert f"timm.create_model('local-dir:release/{TAG}', pretrained=True)" in msg
-    with pytest.raises(FileNotFoundError, match='No weights are released for blockdrop_cifar_resnet20.cifar10 yet'):
-        timm.create_model('blockdrop_cifar_resnet20', pretrained=True)
+    with pytest.raises(FileNotFoundError, match='No weights are released for blockdrop_cifar_resnet44.cifar10 yet'):
+        timm.create_model('blockdrop_cifar_resnet44', pretrained=True)
     with pytest.raises(FileNotFoundError, match='ImageNet recipe'):
         timm.create_model('blockdrop_resnet18.in1k', pretrained=True)
     err = _cli_error(capsys, ['eval', '--model', 'blockdrop_cifar_resnet32', '--data', str(CIFAR10)])

@@ -14,7 +14,7 @@ from timm_blockdrop.cli import main
 from conftest import CIFAR10
 
 RELEASE = Path(__file__).resolve().parents[1] / 'release'
-RELEASED = ['blockdrop_cifar_resnet32.cifar10']
+RELEASED = ['blockdrop_cifar_resnet20.cifar10', 'blockdrop_cifar_resnet32.cifar10']
 
 
 def _card_rows(card_text):
@@ -59,7 +59,7 @@ def test_release_reproduces_its_card(tmp_path, shared, name):
     # and the folder is a timm model: local-dir: gives the same architecture and threshold as config.json
     model = timm.create_model(f'local-dir:{folder}', pretrained=True)
     config = json.loads((folder / 'config.json').read_text())
-    assert model.pretrained_cfg['architecture'] == config['architecture'] == 'blockdrop_cifar_resnet32'
+    assert model.pretrained_cfg['architecture'] == config['architecture'] == name.split('.')[0]
     assert model.threshold == config['model_args']['threshold']
     assert re.fullmatch(r'\d+\.\d\d', top1)
 

@@ -3,8 +3,8 @@
 # 10,000 images), then the plots. Run from the repository root after `make setup`:
 #     bash docs/results/evaluate_all.sh [SECTION...]
 # sections, in this order: bases gamma sweep_cl baselines_noft baselines_ft release sweep plots publish (default: all). `publish` writes the
-# Hub-ready folder release/blockdrop_cifar_resnet32.cifar10 with `blockdrop publish --dry-run` from the
-# finetuning run's final model (docs/results/runs/FA_g5_plr1e-5/model), its eval report and the plots.
+# Hub-ready folders release/blockdrop_cifar_resnet{32,20}.cifar10 with `blockdrop publish --dry-run` from the
+# finetuning runs' final models (docs/results/runs/{FA_g5_plr1e-5,R20_ft_g5}/model), their eval reports and plots.
 # SHARED (default ../shared) is the read-only folder with the data and the base checkpoints.
 set -euo pipefail
 SHARED=${SHARED:-../shared}
@@ -12,8 +12,11 @@ DATA=$SHARED/data/cifar10
 W=$SHARED/weights/cifar10-resnet
 OUT=docs/results/eval
 RUNS=docs/results/runs
-FINAL=$RUNS/FA_g5_plr1e-5          # the released model: curriculum I_H_g0.2, then joint finetuning FA
+FINAL=$RUNS/FA_g5_plr1e-5          # the released ResNet-32: curriculum I_H_g0.2, then joint finetuning FA
 REPO=blockdrop_cifar_resnet32.cifar10
+# every release: repo name, finetuning run, curriculum run, base model (the same two-stage recipe for each)
+RELEASES="blockdrop_cifar_resnet32.cifar10:FA_g5_plr1e-5:I_H_g0.2:cifar_resnet32
+blockdrop_cifar_resnet20.cifar10:R20_ft_g5:R20_cl_g0.2:cifar_resnet20"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 ev() { .venv/bin/blockdrop eval --data "$DATA" --num-workers 0 --quiet "$@"; }
 want() { [[ " ${SECTIONS} " == *" $1 "* ]]; }
@@ -45,8 +48,11 @@ if want baselines_ft; then  # the same after finetuning the ResNet under each he
   done
 fi
 
-if want release; then  # the released model, timed against the full ResNet-32 on the same batches
-  ev --checkpoint $FINAL/model --compare-full --json $OUT/release_$REPO.json
+if want release; then  # the released models, timed against their full ResNet on the same batches
+  for r in $RELEASES; do
+    IFS=: read -r repo ft cl base <<< "$r"
+    ev --checkpoint $RUNS/$ft/model --compare-full --json $OUT/release_$repo.json
+  done
   ev --checkpoint $FINAL/model --compare-full --batch-size 1 --max-samples 2000 --json $OUT/speed_batch1_$REPO.json
 fi
 
@@ -66,18 +72,21 @@ if want plots; then
   .venv/bin/python docs/results/make_plots.py
 fi
 
-if want publish; then  # the Hub repo folder, as `blockdrop publish` would upload it (no upload here)
-  configs=$(mktemp -d)
-  cp $RUNS/I_H_g0.2/config.yaml $configs/curriculum.yaml
-  cp $FINAL/config.yaml $configs/finetune.yaml
-  rm -rf release/$REPO
-  .venv/bin/blockdrop publish --checkpoint $FINAL/model --repo-id timm-blockdrop/$REPO \
-    --eval-json $OUT/release_$REPO.json --base-eval-json $OUT/full_cifar_resnet32.json --dataset uoft-cs/cifar10 \
-    --recipe "curriculum (15 epochs on 5,000 images, gamma 0.2), then joint finetuning (10 epochs, gamma 5, distillation from the full ResNet-32)" \
-    --train-config $configs/curriculum.yaml --train-config $configs/finetune.yaml \
-    --train-command "$(cat $RUNS/I_H_g0.2/run.json | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)["command"])')" \
-    --train-command "$(cat $FINAL/run.json | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)["command"])')" \
-    --plots docs/results/plots/acc_vs_flops.png docs/results/plots/blocks_hist.png docs/results/plots/per_class_policy.png \
-    --dry-run release/$REPO
-  rm -rf $configs
+if want publish; then  # the Hub repo folders, as `blockdrop publish` would upload them (no upload here)
+  for r in $RELEASES; do
+    IFS=: read -r repo ft cl base <<< "$r"
+    configs=$(mktemp -d)
+    cp $RUNS/$cl/config.yaml $configs/curriculum.yaml
+    cp $RUNS/$ft/config.yaml $configs/finetune.yaml
+    rm -rf release/$repo
+    .venv/bin/blockdrop publish --checkpoint $RUNS/$ft/model --repo-id timm-blockdrop/$repo \
+      --eval-json $OUT/release_$repo.json --base-eval-json $OUT/full_$base.json --dataset uoft-cs/cifar10 \
+      --recipe "curriculum (15 epochs on 5,000 images, gamma 0.2), then joint finetuning (10 epochs, gamma 5, distillation from the full ResNet)" \
+      --train-config $configs/curriculum.yaml --train-config $configs/finetune.yaml \
+      --train-command "$(.venv/bin/python -c 'import json,sys; print(json.load(open(sys.argv[1]))["command"])' $RUNS/$cl/run.json)" \
+      --train-command "$(.venv/bin/python -c 'import json,sys; print(json.load(open(sys.argv[1]))["command"])' $RUNS/$ft/run.json)" \
+      --plots docs/results/plots/acc_vs_flops.png docs/results/plots/blocks_hist.png docs/results/plots/per_class_policy.png \
+      --dry-run release/$repo
+    rm -rf $configs
+  done
 fi

@@ -27,7 +27,8 @@ DATASETS = {
 # 'entry.tag' whose weights are published under HUB_ORG (README, "Publishing to the Hub", lists the same)
 RELEASED_TAGS = frozenset()
 # 'entry.tag' -> its Hub-ready folder (blockdrop publish --dry-run) committed in the project repository, not uploaded
-LOCAL_RELEASES = {'blockdrop_cifar_resnet32.cifar10': 'release/blockdrop_cifar_resnet32.cifar10'}
+LOCAL_RELEASES = {name: f'release/{name}' for name in ('blockdrop_cifar_resnet20.cifar10',
+                                                      'blockdrop_cifar_resnet32.cifar10')}
 
 _CIFAR10_BASE = 'akamaster/pytorch_resnet_cifar10 weights (BSD 2-Clause), shortcut A'
 
