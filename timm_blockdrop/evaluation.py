@@ -73,12 +73,17 @@ def evaluate_policy(
     variants = {'blockdrop': blockdrop, 'full_timm': model.base,
                 'full_fast': lambda images: model.inference_engine().full(images)}
 
-    def clock(name, images):
-        start = time.perf_counter()
-        out = variants[name](images)
-        timed[name][0] += time.perf_counter() - start
-        timed[name][1] += images.shape[0]
-        return out
+    def run_variants(images, timing: bool):
+        """Every timed variant on ``images`` in turn (seconds added where ``timing``); BlockDrop's (keep, preds)."""
+        for name in timed:
+            start = time.perf_counter()
+            out = variants[name](images)
+            if timing:
+                timed[name][0] += time.perf_counter() - start
+                timed[name][1] += images.shape[0]
+            if name == 'blockdrop':
+                result = out
+        return result
 
     with torch.inference_mode():
         for i, (images, targets) in enumerate(tqdm(loader, desc=f'eval {policy}', disable=not progress,
@@ -86,16 +91,9 @@ def evaluate_policy(
             images = images.to(device)
             if img_size is None:
                 img_size = tuple(images.shape[-2:])
-            if i == 0:  # warm-up (engine build, allocator, oneDNN primitives): run everything once, untimed
-                keep, preds = blockdrop(images)
-                for name in timed:
-                    if name != 'blockdrop':
-                        variants[name](images)
-            else:  # the variants side by side on the same batch
-                keep, preds = clock('blockdrop', images)
-                for name in timed:
-                    if name != 'blockdrop':
-                        clock(name, images)
+            # the first batch warms up (engine build, allocator, oneDNN primitives) untimed; the later ones time
+            # the variants side by side on the same batch
+            keep, preds = run_variants(images, timing=i > 0)
             n_images += images.shape[0]
             metric.add_batch(predictions=preds, references=targets)
             keep = keep.cpu().bool()
@@ -104,8 +102,7 @@ def evaluate_policy(
             labels.append(targets)
             rows.append(keep)
         if n_images and timed['blockdrop'][1] == 0:  # a single batch: time it again, now warm
-            for name in timed:
-                clock(name, images)
+            run_variants(images, timing=True)
     if n_images == 0:
         raise ValueError('the dataset split is empty: nothing to evaluate')
     speed = {name: n / sec for name, (sec, n) in timed.items()}
