@@ -209,10 +209,19 @@ class CurriculumStep(nn.Module):
         return dict(loss=loss, keep=keep, correct=correct, reward=r, greedy_reward=r_greedy)
 
 
-class _DistilledStep(nn.Module):
-    """A finetuning step that may also distil a frozen teacher's logits (``distill_weight`` > 0)."""
+class _FinetuneStepBase(nn.Module):
+    """What every finetuning step shares: the model (all of it trainable), the reward's gamma, how the sampled
+    pass runs the blocks (``mode``) and, with ``distill_weight`` > 0, a frozen teacher whose logits it distils."""
 
-    def _set_teacher(self, teacher: Optional[nn.Module], distill_weight: float, distill_temperature: float):
+    def __init__(self, model: nn.Module, gamma: float, mode: str, teacher: Optional[nn.Module],
+                 distill_weight: float, distill_temperature: float):
+        super().__init__()
+        if mode not in ('masked', 'routed'):
+            raise ValueError(f"mode must be 'masked' or 'routed', got {mode!r}")
+        self.model = model
+        self.gamma = check_gamma(gamma)
+        self.mode = mode
+        model.requires_grad_(True)
         self.distill_weight = float(distill_weight)
         self.distill_temperature = float(distill_temperature)
         if self.distill_weight and teacher is None:
@@ -239,7 +248,7 @@ class _DistilledStep(nn.Module):
         return out
 
 
-class FinetuneStep(_DistilledStep):
+class FinetuneStep(_FinetuneStepBase):
     """One joint-finetuning step (Alg. 1 line 15): policy-gradient loss + cross-entropy under the sampled policy.
 
     ``pg_weight`` scales the per-row mean of the policy-gradient term (the global batch size reproduces the
@@ -251,19 +260,12 @@ class FinetuneStep(_DistilledStep):
     def __init__(self, model: nn.Module, gamma: float, pg_weight: float = 1.0, beta: float = 0.0,
                  entropy_form: str = 'reference', mode: str = 'masked', teacher: Optional[nn.Module] = None,
                  distill_weight: float = 0.0, distill_temperature: float = 4.0):
-        super().__init__()
-        if mode not in ('masked', 'routed'):
-            raise ValueError(f"mode must be 'masked' or 'routed', got {mode!r}")
+        super().__init__(model, gamma, mode, teacher, distill_weight, distill_temperature)
         if entropy_form not in ENTROPY_FORMS:
             raise ValueError(f"entropy form must be one of {', '.join(ENTROPY_FORMS)}, got {entropy_form!r}")
-        self.model = model
-        self.gamma = check_gamma(gamma)
         self.pg_weight = float(pg_weight)
         self.beta = float(beta)
         self.entropy_form = entropy_form
-        self.mode = mode
-        model.requires_grad_(True)
-        self._set_teacher(teacher, distill_weight, distill_temperature)
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor, seeds: torch.Tensor) -> Dict[str, torch.Tensor]:
         model = self.model
@@ -297,7 +299,7 @@ def fixed_keep(name: str, seeds: torch.Tensor, num_blocks: int, k: int, stage_si
     return heuristic_policy(name, len(seeds), num_blocks, k, stage_sizes)
 
 
-class FixedPolicyStep(_DistilledStep):
+class FixedPolicyStep(_FinetuneStepBase):
     """Finetuning the ResNet under a heuristic policy: the FirstK / RandomK / DistributeK (ft) baselines of Table 1.
 
     Cross-entropy of the ResNet run under ``fixed_keep`` (the policy network is frozen and unused), plus the same
@@ -307,18 +309,11 @@ class FixedPolicyStep(_DistilledStep):
 
     def __init__(self, model: nn.Module, policy: str, blocks: int, gamma: float = 5.0, mode: str = 'masked',
                  teacher: Optional[nn.Module] = None, distill_weight: float = 0.0, distill_temperature: float = 4.0):
-        super().__init__()
-        if mode not in ('masked', 'routed'):
-            raise ValueError(f"mode must be 'masked' or 'routed', got {mode!r}")
         heuristic_policy(policy, 1, model.num_blocks, blocks, model.stage_sizes)  # validates name and k
-        self.model = model
+        super().__init__(model, gamma, mode, teacher, distill_weight, distill_temperature)
         self.policy_name = policy
         self.blocks = int(blocks)
-        self.gamma = check_gamma(gamma)
-        self.mode = mode
-        model.requires_grad_(True)
         model.policy.requires_grad_(False)
-        self._set_teacher(teacher, distill_weight, distill_temperature)
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor, seeds: torch.Tensor) -> Dict[str, torch.Tensor]:
         model = self.model
