@@ -11,7 +11,7 @@ sampled policy. No curriculum: the policy decides all K blocks.
         [--set KEY=VALUE ...]
 
 The same script runs on one CPU, on N CPU processes (``accelerate launch --multi_gpu --num_processes N``; it
-asks Accelerate for CPU processes when there is no GPU) and on N GPUs. Outputs: see timm_blockdrop/train_run.py.
+asks Accelerate for CPU processes when there is no GPU) and on N GPUs. Outputs: see timm_blockdrop/train/run.py.
 """
 import copy
 import json
@@ -24,18 +24,14 @@ from accelerate import Accelerator, DataLoaderConfiguration, skip_first_batches
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from tqdm.auto import tqdm
 
-from timm_blockdrop import train_run as run
-from timm_blockdrop.checkpoints import CheckpointError
+from timm_blockdrop.train import run
+from timm_blockdrop.errors import USER_ERRORS
 from timm_blockdrop.data import (SampleSeeds, make_loader, make_train_loader, streaming_train_split, train_transform,
                                  with_seeded_transform)
-from timm_blockdrop.models.blockdrop import UnsupportedModelError
-from timm_blockdrop.policies import greedy, heuristic_policy
-from timm_blockdrop.reinforce import FinetuneStep, FixedPolicyStep
-from timm_blockdrop.reward import reward
-from timm_blockdrop.train_config import config_from_args, recipe_arguments, save_config
-
-USER_ERRORS = (ValueError, FileNotFoundError, CheckpointError, UnsupportedModelError)
-
+from timm_blockdrop.models.policies import greedy, heuristic_policy
+from timm_blockdrop.train.reinforce import FinetuneStep, FixedPolicyStep
+from timm_blockdrop.train.reward import reward
+from timm_blockdrop.train.config import config_from_args, recipe_arguments, save_config
 
 def evaluate(accelerator, model, loader, gamma, config):
     """The greedy policy (or the fixed heuristic policy) on the eval split, all processes' rows once each."""

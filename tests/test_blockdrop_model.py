@@ -8,7 +8,7 @@ from timm.models import save_for_hf
 
 import timm_blockdrop
 from timm_blockdrop import BlockDropResNet, UnsupportedModelError
-from timm_blockdrop.gating import shortcut
+from timm_blockdrop.models.routing import shortcut
 
 EXPECTED = {
     'blockdrop_resnet18': 8, 'blockdrop_resnet34': 16, 'blockdrop_resnet50': 16, 'blockdrop_resnet101': 33,

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from timm_blockdrop.curriculum import (check_cl_step, decided_mask, first_full_epoch, force_prefix, num_decided,
+from timm_blockdrop.train.curriculum import (check_cl_step, decided_mask, first_full_epoch, force_prefix, num_decided,
                                        num_forced)
 
 

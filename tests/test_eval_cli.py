@@ -7,7 +7,7 @@ import torch
 from timm.models import save_for_hf
 
 import timm_blockdrop
-from timm_blockdrop.cli import main
+from timm_blockdrop.tools.cli import main
 
 from conftest import CIFAR10, RESNET_FILES
 

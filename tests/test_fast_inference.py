@@ -1,4 +1,4 @@
-"""Routed inference (timm_blockdrop.fast): equal to the masked reference per sample, never runs dropped blocks."""
+"""Routed inference (timm_blockdrop.models.fused): equal to the masked reference per sample, never runs dropped blocks."""
 import json
 
 import pytest
@@ -6,8 +6,8 @@ import timm
 import torch
 
 import timm_blockdrop
-from timm_blockdrop.cli import main
-from timm_blockdrop.fast import FastBlock
+from timm_blockdrop.tools.cli import main
+from timm_blockdrop.models.fused import FastBlock
 
 
 @pytest.fixture(scope='module')

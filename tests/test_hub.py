@@ -18,8 +18,8 @@ from huggingface_hub import ModelCard
 from timm.models import save_for_hf
 
 import timm_blockdrop
-from timm_blockdrop import hub
-from timm_blockdrop.cli import main
+from timm_blockdrop.tools import hub
+from timm_blockdrop.tools.cli import main
 from timm_blockdrop.models.pretrained_cfgs import DATASETS, HUB_ORG, RELEASED_TAGS, hub_id
 
 from conftest import CIFAR10, REPO, RESNET_FILES

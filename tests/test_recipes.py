@@ -28,9 +28,9 @@ import timm
 import torch
 import yaml
 
-from timm_blockdrop.cli import main as blockdrop_main
-from timm_blockdrop.train_config import STAGES, TrainConfig, load_config, parse_set
-from timm_blockdrop.train_run import PolicyStats, checkpoint_dirs, lr_scheduler
+from timm_blockdrop.tools.cli import main as blockdrop_main
+from timm_blockdrop.train.config import STAGES, TrainConfig, load_config, parse_set
+from timm_blockdrop.train.run import PolicyStats, checkpoint_dirs, lr_scheduler
 
 from conftest import CIFAR10, REPO, RESNET_FILES
 
@@ -213,7 +213,7 @@ def test_seeded_augmentation_depends_on_sample_and_epoch_only(shared):
 
 
 def test_train_throughput_is_measured():
-    from timm_blockdrop.train_bench import measure_train_throughput
+    from timm_blockdrop.tools.train_bench import measure_train_throughput
     r = measure_train_throughput('cifar_resnet20', batch_size=8, steps=1, warmup=0, rounds=1)
     assert r['model'] == 'blockdrop_cifar_resnet20' and r['num_blocks'] == 9
     assert min(r['plain_ips'], r['curriculum_ips'], r['finetune_ips']) > 0
@@ -378,7 +378,7 @@ def test_a_fresh_run_does_not_overwrite_another_runs_checkpoints(capsys, cl_run)
 
 def test_policy_lr_is_a_separate_group_on_the_same_schedule():
     """finetune policy_lr: the policy network's Adam group at policy_lr, the ResNet's at lr, both decayed alike."""
-    from timm_blockdrop.train_run import finetune_param_groups
+    from timm_blockdrop.train.run import finetune_param_groups
     model = timm_blockdrop_wrap_resnet20()
     config = load_config(FT_CONFIG, {'lr': 1e-4, 'policy_lr': 1e-6, 'lr_schedule': 'step', 'decay_epochs': [1],
                                      'epochs': 2, 'init_from': None})
@@ -440,7 +440,7 @@ def test_finetune_run_with_policy_lr_and_distillation(cl_run, tmp_path):
 
 
 def test_policy_init_keep_starts_the_policy_near_keep_all(cifar_test_slice):
-    from timm_blockdrop.train_run import init_policy_keep
+    from timm_blockdrop.train.run import init_policy_keep
     torch.manual_seed(0)
     model = timm_blockdrop_wrap_resnet20().eval()
     images = cifar_test_slice[0][:64]
@@ -481,7 +481,7 @@ def test_fixed_policy_finetune_run(cl_run, tmp_path):
 
 
 def test_policy_init_from_base_copies_matching_layers():
-    from timm_blockdrop.train_run import init_policy_from_base
+    from timm_blockdrop.train.run import init_policy_from_base
     torch.manual_seed(0)
     model = timm_blockdrop_wrap_resnet20()
     fc_before = model.policy.get_classifier().weight.detach().clone()

@@ -9,7 +9,7 @@ import timm
 from huggingface_hub import ModelCard
 
 import timm_blockdrop  # noqa: F401  (registers the blockdrop_* architectures)
-from timm_blockdrop.cli import main
+from timm_blockdrop.tools.cli import main
 
 from conftest import CIFAR10
 
@@ -74,7 +74,7 @@ UNUSED = ('decay_epochs',)  # the step schedule's milestones: the release runs u
                                          ('cifar10_resnet32_ft_cpu.yaml', 'FA_g5_plr1e-5')])
 def test_release_recipe_configs_are_the_recorded_runs(shared, config, run):
     import dataclasses
-    from timm_blockdrop.train_config import load_config
+    from timm_blockdrop.train.config import load_config
     ours = dataclasses.asdict(load_config(str(RUNS.parents[2] / 'recipes' / 'configs' / config)))
     recorded = dataclasses.asdict(load_config(str(RUNS / run / 'config.yaml')))
     assert recorded['lr_schedule'] == 'cosine'

@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 
 import timm_blockdrop
-from timm_blockdrop.policies import bounded, check_alpha
-from timm_blockdrop.reinforce import (CurriculumStep, FinetuneStep, bernoulli_log_prob, curriculum_loss, entropy,
+from timm_blockdrop.models.policies import bounded, check_alpha
+from timm_blockdrop.train.reinforce import (CurriculumStep, FinetuneStep, bernoulli_log_prob, curriculum_loss, entropy,
                                       finetune_loss, paired_logits, row_uniforms, sample_with)
-from timm_blockdrop.reward import advantage, block_usage, check_gamma, reward
+from timm_blockdrop.train.reward import advantage, block_usage, check_gamma, reward
 
 from conftest import RESNET_FILES
 
@@ -173,7 +173,7 @@ def test_finetune_step(resnet20, cifar_test_slice):
 
 def test_distill_loss_by_hand():
     """T^2 KL(softmax(teacher/T) || softmax(student/T)), batch mean; zero when the logits agree."""
-    from timm_blockdrop.reinforce import distill_loss
+    from timm_blockdrop.train.reinforce import distill_loss
     student = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
     teacher = torch.tensor([[0.0, 2.0], [0.0, 1.0]])
     t = 2.0
@@ -196,7 +196,7 @@ def test_distill_loss_by_hand():
 def test_finetune_step_with_distillation(cifar_test_slice):
     """distill_weight > 0: loss = pg + ce + w kd against the frozen teacher, which stays in eval mode, untouched."""
     import copy
-    from timm_blockdrop.reinforce import distill_loss
+    from timm_blockdrop.train.reinforce import distill_loss
     base = timm.create_model('cifar_resnet20', pretrained=True,
                              pretrained_cfg_overlay=dict(file=str(RESNET_FILES[20])))
     torch.manual_seed(0)
@@ -230,8 +230,8 @@ def test_finetune_step_with_distillation(cifar_test_slice):
 
 def test_fixed_keep_and_fixed_policy_step(cifar_test_slice):
     """FirstK / DistributeK as policies.py; RandomK k blocks per row from the row's seed; the step is plain CE."""
-    from timm_blockdrop.policies import distributek, firstk
-    from timm_blockdrop.reinforce import FixedPolicyStep, fixed_keep
+    from timm_blockdrop.models.policies import distributek, firstk
+    from timm_blockdrop.train.reinforce import FixedPolicyStep, fixed_keep
     seeds = torch.tensor([3, 5, 7, 3])
     assert torch.equal(fixed_keep('firstk', seeds, 9, 4, (3, 3, 3)), firstk(4, 9, 4))
     assert torch.equal(fixed_keep('distributek', seeds, 9, 4, (3, 3, 3)), distributek(4, 9, 4, (3, 3, 3)))
@@ -257,7 +257,7 @@ def test_fixed_keep_and_fixed_policy_step(cifar_test_slice):
         FixedPolicyStep(model, 'firstk', 10)  # k > K
     # with a teacher, the baseline distils exactly as FinetuneStep does: loss = ce + w kd
     import copy
-    from timm_blockdrop.reinforce import distill_loss
+    from timm_blockdrop.train.reinforce import distill_loss
     teacher = copy.deepcopy(model.base)
     step = FixedPolicyStep(model, 'distributek', 6, teacher=teacher, distill_weight=0.5, distill_temperature=3.0)
     out = step.train()(images, labels, torch.arange(16))

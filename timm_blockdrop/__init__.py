@@ -5,10 +5,10 @@
 ``blockdrop_cifar_resnet{20,32,44,56,110}`` (BlockDrop models). ``wrap`` turns any ResNet-class timm model
 into a ``BlockDropResNet``.
 """
-from .checkpoints import CheckpointError
-from .models import BlockDropResNet, CifarResNet, UnsupportedModelError, wrap
-from . import policies
-from .policies import heuristic_policy
+from .errors import CheckpointError, UnsupportedModelError
+from .models import BlockDropResNet, CifarResNet, wrap
+from .models import policies
+from .models.policies import heuristic_policy
 
 __version__ = '0.1.0'
 __all__ = ['BlockDropResNet', 'CifarResNet', 'wrap', 'policies', 'heuristic_policy', 'CheckpointError',

@@ -17,11 +17,12 @@ import timm
 from timm.models import ResNet, generate_default_cfgs, is_model, register_model
 from timm.models._features import feature_take_indices
 
-from ..checkpoints import CheckpointError, build_with_clear_errors, check_state_dict_fits
-from ..flops import BlockFlops, block_flops_table, count_flops, frozen_eval
-from ..fast import InferenceEngine
-from ..gating import Routing, masked_block, residual_stages, routed_block
-from ..policies import check_alpha, check_threshold, greedy, straight_through
+from ..errors import CheckpointError, UnsupportedModelError
+from .checkpoints import build_with_clear_errors, check_state_dict_fits
+from .flops import BlockFlops, block_flops_table, count_flops, frozen_eval
+from .fused import InferenceEngine
+from .routing import Routing, masked_block, residual_stages, routed_block
+from .policies import check_alpha, check_threshold, greedy, straight_through
 from .cifar_resnet import CifarResNet
 from .policy_net import policy_input
 from .pretrained_cfgs import PAPER_ID, blockdrop_pretrained_cfgs
@@ -34,10 +35,6 @@ SUPPORTED_BASES = (ResNet, CifarResNet)
 _SOURCE_KEYS = ('url', 'file', 'state_dict', 'hf_hub_id', 'hf_hub_filename', 'source', 'tag', 'custom_load')
 # base construction args recorded at the top level of a BlockDrop model's args instead of in base_kwargs
 _TOP_LEVEL_ARGS = ('num_classes', 'in_chans', 'global_pool', 'drop_rate', 'drop_path_rate', 'pretrained_model_args')
-
-
-class UnsupportedModelError(TypeError):
-    """The model given to ``wrap`` is not a ResNet-class model BlockDrop can gate."""
 
 
 def _check_supported(base: nn.Module) -> None:
@@ -95,7 +92,7 @@ class BlockDropResNet(nn.Module):
         self.alpha = check_alpha(alpha)
         self._threshold = check_threshold(threshold)
         self.grad_checkpointing = False
-        self.fast_inference = True  # eval + no autograd: fused, routed InferenceEngine (timm_blockdrop.fast)
+        self.fast_inference = True  # eval + no autograd: fused, routed InferenceEngine (timm_blockdrop.models.fused)
         self._engine: Optional[InferenceEngine] = None
         self.register_load_state_dict_post_hook(_drop_engine)
         self._flops_cache: Dict[Tuple[int, int], Tuple[BlockFlops, int]] = {}

@@ -18,7 +18,7 @@ from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models.resnet import BasicBlock, downsample_conv
 
-from ..checkpoints import build_with_clear_errors, check_state_dict_fits
+from .checkpoints import build_with_clear_errors, check_state_dict_fits
 
 __all__ = ['CifarResNet', 'ShortcutA']
 

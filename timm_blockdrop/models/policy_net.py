@@ -14,7 +14,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import generate_default_cfgs, register_model
 from timm.models.resnet import BasicBlock, ResNet
 
-from ..checkpoints import build_with_clear_errors
+from .checkpoints import build_with_clear_errors
 from .cifar_resnet import CIFAR10_MEAN, CIFAR10_STD, CifarResNet, checkpoint_filter_fn
 
 

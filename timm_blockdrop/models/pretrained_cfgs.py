@@ -3,7 +3,7 @@
 ``blockdrop.py`` turns this into its ``default_cfgs`` with timm's ``generate_default_cfgs``. Every tag's
 weights live on the Hugging Face Hub under ``HUB_ORG`` as ``HUB_ORG/<entry>.<tag>`` (timm's own convention,
 ``timm/<entry>.<tag>``), so ``timm.create_model('blockdrop_cifar_resnet32', pretrained=True)`` downloads them
-through timm's normal machinery. ``blockdrop publish`` (``timm_blockdrop/hub.py``) writes those repos.
+through timm's normal machinery. ``blockdrop publish`` (``timm_blockdrop/tools/hub.py``) writes those repos.
 """
 from typing import Any, Dict, Optional
 

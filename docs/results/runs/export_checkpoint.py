@@ -12,7 +12,7 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 from timm_blockdrop import train_run as run
-from timm_blockdrop.train_config import load_config
+from timm_blockdrop.train.config import load_config
 
 
 def main(checkpoint, config_file, out):

@@ -26,8 +26,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models.resnet import BasicBlock, Bottleneck
 
-from .gating import Routing, residual_stages, shortcut
-from .models.policy_net import policy_input
+from .routing import Routing, residual_stages, shortcut
+from .policy_net import policy_input
 
 __all__ = ['InferenceEngine', 'fusion_available', 'tune_cpu_allocator']
 

@@ -10,7 +10,7 @@ import timm
 from torch import nn
 
 from .checkpoints import CheckpointError, checkpoint_weights_file, read_hf_config
-from .models.blockdrop import BlockDropResNet, wrap
+from .blockdrop import BlockDropResNet, wrap
 
 __all__ = ['load_model', 'as_blockdrop']
 

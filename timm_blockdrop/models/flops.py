@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .gating import shortcut
+from .routing import shortcut
 
 __all__ = ['count_flops', 'BlockFlops', 'block_flops_table', 'frozen_eval']
 

@@ -14,6 +14,8 @@ from typing import Dict, Iterator, Optional
 import torch
 from torch import nn
 
+from ..errors import CheckpointError
+
 __all__ = [
     'CheckpointError', 'check_state_dict_fits', 'translate_load_errors', 'read_hf_config', 'checkpoint_weights_file',
 ]
@@ -21,10 +23,6 @@ __all__ = [
 # checkpoint keys that older PyTorch versions did not write; BatchNorm fills them in on load
 _OPTIONAL_SUFFIXES = ('num_batches_tracked',)
 _MAX_LISTED = 8
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that exists but cannot be used: corrupt, or made for another architecture."""
 
 
 def _listing(keys) -> str:
@@ -161,7 +159,7 @@ def build_with_clear_errors(model_cls, variant: str, pretrained: bool, **kwargs)
     except (EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError, OfflineModeIsEnabled) as e:
         if not hub_repo:
             raise
-        from .models.pretrained_cfgs import release_status
+        from .pretrained_cfgs import release_status
         name = f'{variant}.{cfg.tag}' if cfg.tag else variant
         cache = kwargs.get('cache_dir') or hf_constants.HF_HUB_CACHE
         if isinstance(e, RepositoryNotFoundError):

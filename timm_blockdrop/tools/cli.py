@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import List, Optional
 
 from . import bench, hub
-from .checkpoints import CheckpointError
-from .models.blockdrop import UnsupportedModelError
+from ..models.checkpoints import CheckpointError
+from ..models.blockdrop import UnsupportedModelError
 
 USER_ERRORS = (ValueError, FileNotFoundError, CheckpointError, UnsupportedModelError, TypeError, RuntimeError)
 
@@ -44,10 +44,10 @@ def _add_eval(sub) -> None:
 
 def run_eval(args) -> dict:
     import torch
-    from .data import eval_transform, find_columns, load_split, make_loader, with_transform
+    from ..data import eval_transform, find_columns, load_split, make_loader, with_transform
     from .evaluation import evaluate_policy, format_report
-    from .loading import as_blockdrop, load_model
-    from .models.blockdrop import BlockDropResNet
+    from ..models.loading import as_blockdrop, load_model
+    from ..models.blockdrop import BlockDropResNet
 
     if args.batch_size < 1:
         raise ValueError(f'--batch-size must be positive, got {args.batch_size}')

@@ -19,14 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .reinforce import CurriculumStep, FinetuneStep
+from ..train.reinforce import CurriculumStep, FinetuneStep
 
 __all__ = ['measure_train_throughput']
 
 
 def _blockdrop_model(model_name_or_model: Union[str, nn.Module], pretrained_file: Optional[str] = None):
     import timm
-    from .models.blockdrop import BlockDropResNet, wrap
+    from ..models.blockdrop import BlockDropResNet, wrap
 
     if isinstance(model_name_or_model, nn.Module):
         model = model_name_or_model

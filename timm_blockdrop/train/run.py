@@ -25,8 +25,8 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 import numpy as np
 import torch
 
-from .checkpoints import CheckpointError
-from .train_config import TrainConfig
+from ..models.checkpoints import CheckpointError
+from .config import TrainConfig
 
 __all__ = [
     'build_model', 'init_model_folder', 'finetune_param_groups', 'init_policy_keep',
@@ -58,8 +58,8 @@ def init_model_folder(init_from: str) -> Path:
 def build_model(config: TrainConfig):
     """The BlockDrop model a run starts from: ``init_from`` (finetune), else the base ResNet wrapped fresh."""
     import timm
-    from .loading import load_model
-    from .models.blockdrop import BlockDropResNet, wrap
+    from ..models.loading import load_model
+    from ..models.blockdrop import BlockDropResNet, wrap
 
     if config.init_from:
         model = load_model(checkpoint=str(init_model_folder(config.init_from)))
@@ -135,7 +135,7 @@ def _check_labels(dataset, label_column: str, num_classes: int, data: str) -> No
 
 def train_split(config: TrainConfig, model, seeds):
     """The map-style training split: rows of {'pixel_values', 'label', 'seed'}, augmented per sample seed."""
-    from .data import find_columns, load_split, train_transform, with_index, with_seeded_transform
+    from ..data import find_columns, load_split, train_transform, with_index, with_seeded_transform
 
     dataset = load_split(config.data, config.train_split)
     image_column, label_column = find_columns(dataset, config.image_column, config.label_column)
@@ -147,7 +147,7 @@ def train_split(config: TrainConfig, model, seeds):
 
 def eval_split(config: TrainConfig, model):
     """The evaluation split through the model's eval transform: rows of {'pixel_values', 'label'}."""
-    from .data import eval_transform, find_columns, load_split, with_transform
+    from ..data import eval_transform, find_columns, load_split, with_transform
 
     dataset = load_split(config.data, config.eval_split)
     image_column, label_column = find_columns(dataset, config.image_column, config.label_column)

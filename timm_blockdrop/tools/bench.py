@@ -180,8 +180,8 @@ def _batch_sizes(text: str) -> List[int]:
 
 
 def run_bench(args) -> List[Dict]:
-    from .fast import tune_cpu_allocator
-    from .loading import as_blockdrop, load_model
+    from ..models.fused import tune_cpu_allocator
+    from ..models.loading import as_blockdrop, load_model
 
     allocator_tuned = tune_cpu_allocator() if args.device == 'cpu' else False
     if args.threads:

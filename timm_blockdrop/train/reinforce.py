@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .curriculum import force_prefix
-from .gating import Routing, routed_block
-from .policies import bounded, greedy, heuristic_policy
+from ..models.routing import Routing, routed_block
+from ..models.policies import bounded, greedy, heuristic_policy
 from .reward import advantage, check_gamma, reward
 
 __all__ = [

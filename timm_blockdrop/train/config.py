@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional
 import yaml
 
 from .curriculum import check_cl_step
-from .policies import check_alpha, check_threshold
+from ..models.policies import check_alpha, check_threshold
 from .reinforce import ENTROPY_FORMS
 from .reward import check_gamma
 

@@ -25,15 +25,15 @@ from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from .checkpoints import CheckpointError, read_hf_config
-from .loading import load_model
-from .models.blockdrop import BlockDropResNet
-from .models.pretrained_cfgs import DATASETS, PAPER_ID, hub_id
+from ..models.checkpoints import CheckpointError, read_hf_config
+from ..models.loading import load_model
+from ..models.blockdrop import BlockDropResNet
+from ..models.pretrained_cfgs import DATASETS, PAPER_ID, hub_id
 
 __all__ = ['publish', 'build_repo_folder', 'render_card', 'read_eval_report', 'check_repo_id',
            'add_publish_arguments', 'run_publish', 'CARD_TEMPLATE', 'PAPER_RESULTS']
 
-CARD_TEMPLATE = resources.files('timm_blockdrop') / 'hub_cards' / 'blockdrop_model_card.md'
+CARD_TEMPLATE = resources.files('timm_blockdrop.tools') / 'hub_cards' / 'blockdrop_model_card.md'
 TAGS = ['image-classification', 'timm', 'timm-blockdrop', 'blockdrop', 'dynamic-inference',
         'conditional-computation', 'resnet', PAPER_ID.replace('arXiv', 'arxiv')]
 REPORT_KEYS = ('model', 'policy', 'num_blocks', 'n_images', 'top1', 'blocks_mean', 'blocks_std', 'flops_mean',
@@ -326,7 +326,7 @@ def build_repo_folder(
 
 def upload(folder: str, repo_id: str, private: bool = False, commit_message: Optional[str] = None):
     """Create ``repo_id`` if needed and upload ``folder`` to it with ``HfApi.upload_folder``."""
-    from . import __version__
+    from .. import __version__
     api = HfApi(library_name='timm-blockdrop', library_version=__version__)
     try:
         repo = api.create_repo(repo_id, private=private, exist_ok=True, repo_type='model')

@@ -2,7 +2,7 @@
 
 ``evaluate_policy`` runs a BlockDrop model over a data loader under its learned (greedy) policy or a
 heuristic baseline (Sec. 4.2) and returns the report as a JSON-ready dict. Top-1 goes through the
-``evaluate`` library with the metric vendored in ``timm_blockdrop/metrics/accuracy`` (works offline).
+``evaluate`` library with the metric vendored in ``timm_blockdrop/tools/metrics/accuracy`` (works offline).
 """
 import time
 from pathlib import Path
@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .models.blockdrop import BlockDropResNet
-from .policies import HEURISTICS, heuristic_policy
+from ..models.blockdrop import BlockDropResNet
+from ..models.policies import HEURISTICS, heuristic_policy
 
 __all__ = ['ACCURACY_METRIC', 'load_accuracy_metric', 'evaluate_policy', 'format_report', 'POLICIES']
 
