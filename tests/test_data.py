@@ -1,0 +1,83 @@
+"""data.py: bad input pipelines give one sentence, never a silently wrong number (issue 13 items 3, 8, 9, 10)."""
+import datasets
+import pytest
+
+from timm_blockdrop.data import check_labels, load_split
+from timm_blockdrop.tools import cli
+
+from conftest import RESNET_FILES
+from tiny_data import jpeg_bytes, tiny_dataset, write_parquet
+
+
+# ---- issue 13 item 3: labels outside [0, num_classes) ----
+
+def test_all_unlabelled_rows_are_refused():
+    with pytest.raises(ValueError, match=r"8 of 8 rows have labels outside \[0, 10\) in column 'label' "
+                                         r"\(values -1\) \(-1 means \"no label\""):
+        check_labels(tiny_dataset([-1] * 8), 'label', 10, 'tiny')
+
+
+def test_a_100_class_set_against_a_10_class_model_is_refused():
+    with pytest.raises(ValueError, match=r"dataset tiny has 100 classes in its label column 'label' but the model "
+                                         r"predicts 10"):
+        check_labels(tiny_dataset([3, 50, 99], num_classes=100), 'label', 10, 'tiny')
+    # integer labels without a ClassLabel: the rows are counted and a few values named
+    with pytest.raises(ValueError, match=r"3 of 5 rows have labels outside \[0, 10\) in column 'label' "
+                                         r"\(values 10, 50, 99\)"):
+        check_labels(tiny_dataset([1, 10, 50, 99, 2], num_classes=None), 'label', 10, 'tiny')
+
+
+def test_string_labels_are_refused():
+    with pytest.raises(ValueError, match=r"label column 'label' holds string values, not integer class indices; "
+                                         r"name an integer or ClassLabel column \(columns: \['image', 'label'\]\)"):
+        check_labels(tiny_dataset(['cat', 'dog'], num_classes=None), 'label', 10, 'tiny')
+
+
+def test_good_labels_pass_without_decoding_images():
+    """Only the label column is read: images that cannot be decoded do not matter (and 50,000 rows are quick)."""
+    check_labels(tiny_dataset([0, 9, 4], images=[b'not a jpeg'] * 3), 'label', 10)
+    check_labels(tiny_dataset(list(range(10)) * 5000, images=[b'x'] * 50000), 'label', 10)
+    # the rows of a selection are checked, not those of the whole table
+    check_labels(tiny_dataset([-1, 0, 1, -1]).select([1, 2]), 'label', 10)
+    with pytest.raises(ValueError, match='1 of 2 rows'):
+        check_labels(tiny_dataset([-1, 0, 1, -1]).select([1, 3]), 'label', 10)
+
+
+def test_streaming_split_checks_labels_as_they_stream(tmp_path):
+    from timm_blockdrop.data import streaming_train_split
+    folder = write_parquet(tiny_dataset([0, 1, 12, 3], num_classes=None), tmp_path / 'tiny', split='train')
+    stream, *_ = streaming_train_split(str(folder), 'train', None, 'label', seed=0, shuffle_buffer=4,
+                                       max_samples=4, num_classes=10)
+    with pytest.raises(ValueError, match=r"labels outside \[0, 10\) in column 'label' \(values 12\)"):
+        list(stream)
+    with pytest.raises(ValueError, match='has 100 classes'):
+        write_parquet(tiny_dataset([0], num_classes=100), tmp_path / 'c100', split='train')
+        streaming_train_split(str(tmp_path / 'c100'), 'train', None, None, seed=0, shuffle_buffer=4,
+                              max_samples=1, num_classes=10)
+
+
+def _eval(capsys, folder, *extra):
+    code = cli.main(['eval', '--model', 'cifar_resnet20', '--pretrained-file', str(RESNET_FILES[20]),
+                     '--data', str(folder), '--quiet', *extra])
+    err = capsys.readouterr().err.replace('\r', '\n').strip().splitlines()
+    return code, err[-1] if err else ''
+
+
+def test_eval_refuses_unlabelled_split(tmp_path, capsys):
+    folder = write_parquet(tiny_dataset([-1] * 6), tmp_path / 'unlabelled')
+    code, err = _eval(capsys, folder)
+    assert code == 2 and err.startswith('blockdrop eval: error: dataset '), err
+    assert "6 of 6 rows have labels outside [0, 10) in column 'label' (values -1)" in err
+
+
+def test_recipe_splits_refuse_bad_labels(tmp_path):
+    import timm
+    from timm_blockdrop.data import SampleSeeds
+    from timm_blockdrop.train import run
+    from timm_blockdrop.train.config import TrainConfig
+    folder = write_parquet(tiny_dataset([0, 1, 12, 3, 4, 5], num_classes=None), tmp_path / 'tiny', split='train')
+    model = timm.create_model('blockdrop_cifar_resnet20')
+    config = TrainConfig(data=str(folder), val_images=2)
+    with pytest.raises(ValueError, match=r"1 of 4 rows have labels outside \[0, 10\)"):
+        run.train_split(config, model, SampleSeeds(0))
+    run.eval_split(config, model)  # the held-out rows 4, 5 are fine
