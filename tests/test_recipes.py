@@ -37,6 +37,7 @@ from conftest import CIFAR10, REPO, RESNET_FILES
 CONFIGS = REPO / 'recipes' / 'configs'
 CL_CONFIG = CONFIGS / 'cifar10_resnet32_cl.yaml'
 FT_CONFIG = CONFIGS / 'cifar10_resnet32_ft.yaml'
+VAL_ROWS = 'train[-5000:]'  # the configs' eval_split 'val' (the last 5,000 training images) as blockdrop eval --split
 LOSS_TOLERANCE = 0.02  # curriculum, absolute, on losses of about 0.5 (1-process vs 2-process, first 4 steps)
 CE_TOLERANCE = 0.5     # finetune, absolute, on cross-entropies of about 5 (fresh policy dropping half the blocks)
 N_TRAIN, N_EVAL, BATCH, EPOCHS, CKPT_EVERY = 256, 200, 32, 2, 5  # 8 steps per epoch
@@ -255,8 +256,8 @@ def test_finetune_run_and_blockdrop_eval_agree(ft_run, tmp_path):
     steps = _lines(out / 'steps.jsonl')
     assert all(s['loss'] == pytest.approx(s['pg_loss'] + s['ce_loss'], rel=1e-4, abs=1e-4) for s in steps)
     report = tmp_path / 'eval.json'
-    assert blockdrop_main(['eval', '--checkpoint', str(out / 'model'), '--data', str(CIFAR10), '--max-samples',
-                           str(N_EVAL), '--batch-size', '64', '--quiet', '--json', str(report)]) == 0
+    assert blockdrop_main(['eval', '--checkpoint', str(out / 'model'), '--data', str(CIFAR10), '--split', VAL_ROWS,
+                           '--max-samples', str(N_EVAL), '--batch-size', '64', '--quiet', '--json', str(report)]) == 0
     r = json.loads(report.read_text())
     assert r['n_images'] == N_EVAL and r['top1'] == pytest.approx(record['val_accuracy'])
     assert r['blocks_mean'] == pytest.approx(record['val_blocks_mean'])
@@ -466,9 +467,9 @@ def test_fixed_policy_finetune_run(cl_run, tmp_path):
     assert record['train_blocks_mean'] == 7 and record['val_blocks_mean'] == 7 and record['val_unique_policies'] == 1
     assert all(s['pg_loss'] == 0 for s in _lines(out / 'steps.jsonl'))
     report = tmp_path / 'eval.json'
-    assert blockdrop_main(['eval', '--checkpoint', str(out / 'model'), '--data', str(CIFAR10), '--max-samples',
-                           str(N_EVAL), '--batch-size', '64', '--policy', 'distributek', '--blocks', '7', '--quiet',
-                           '--json', str(report)]) == 0
+    assert blockdrop_main(['eval', '--checkpoint', str(out / 'model'), '--data', str(CIFAR10), '--split', VAL_ROWS,
+                           '--max-samples', str(N_EVAL), '--batch-size', '64', '--policy', 'distributek', '--blocks', '7',
+                           '--quiet', '--json', str(report)]) == 0
     assert json.loads(report.read_text())['top1'] == pytest.approx(record['val_accuracy'])
     with pytest.raises(ValueError, match="'fixed_policy' \\(firstk\\) needs 'fixed_blocks'"):
         load_config(FT_CONFIG, {'fixed_policy': 'firstk'})

@@ -24,10 +24,11 @@ from ..models.policies import check_alpha, check_threshold
 from .reinforce import ENTROPY_FORMS
 from .reward import check_gamma
 
-__all__ = ['STAGES', 'TrainConfig', 'load_config', 'parse_set', 'save_config', 'config_keys', 'recipe_arguments',
+__all__ = ['STAGES', 'VAL_SPLIT', 'TrainConfig', 'load_config', 'parse_set', 'save_config', 'config_keys', 'recipe_arguments',
            'config_from_args']
 
 STAGES = ('curriculum', 'finetune')
+VAL_SPLIT = 'val'  # eval_split naming the rows held out at the end of train_split
 SCHEDULES = ('cosine', 'step')
 PRECISIONS = ('no', 'fp16', 'bf16')
 
@@ -46,7 +47,10 @@ class TrainConfig:
     # ---- data (HF datasets: a Hub id or a local folder) ----
     data: str = '${BLOCKDROP_SHARED}/data/cifar10'
     train_split: str = 'train'
-    eval_split: str = 'test'
+    eval_split: str = 'val'                 # 'val': the last val_images rows of train_split, held out from training
+                                            # (Sec. 4 selects on held-out data; the test split is never read). Any
+                                            # other name is a split of its own and nothing is held out
+    val_images: int = 5000                  # rows at the end of train_split that form the 'val' split
     image_column: Optional[str] = None      # None: the datasets.Image column
     label_column: Optional[str] = None      # None: the ClassLabel column
     streaming: bool = False                 # stream the training split (ImageNet); the eval split is downloaded
@@ -197,8 +201,15 @@ def _check(config: TrainConfig) -> TrainConfig:
         positive(key)
     positive('policy_lr')
     positive('distill_temperature')
-    for key in ('epochs', 'beta', 'distill_weight', 'weight_decay', 'warmup_epochs', 'min_lr', 'num_workers', 'seed'):
+    for key in ('epochs', 'beta', 'distill_weight', 'weight_decay', 'warmup_epochs', 'min_lr', 'num_workers', 'seed',
+                'val_images'):
         positive(key, allow_zero=True)
+    if config.eval_split == VAL_SPLIT and config.val_images == 0:
+        raise ValueError(f"config key 'eval_split' is '{VAL_SPLIT}' (rows held out of '{config.train_split}') but "
+                         f"'val_images' is 0: hold out some rows, or name another eval_split")
+    if config.eval_split == VAL_SPLIT and config.streaming:
+        raise ValueError(f"config key 'eval_split' is '{VAL_SPLIT}', rows held out of the training split, which a "
+                         f"streaming run cannot do: name an eval_split of its own (e.g. validation)")
     if not 0 < config.decay_ratio <= 1:
         raise ValueError(f"config key 'decay_ratio' must lie in (0, 1], got {config.decay_ratio}")
     if config.min_lr > config.lr:

@@ -23,14 +23,19 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
+import timm
 import torch
 
+from ..data import (check_labels, eval_transform, find_columns, load_split, train_transform, with_index,
+                    with_seeded_transform, with_transform)
+from ..models.blockdrop import BlockDropResNet, wrap
 from ..models.checkpoints import CheckpointError
-from .config import TrainConfig
+from ..models.loading import load_model
+from .config import VAL_SPLIT, TrainConfig
 
 __all__ = [
     'build_model', 'init_model_folder', 'finetune_param_groups', 'init_policy_keep',
-    'init_policy_from_base', 'train_split', 'eval_split', 'lr_scheduler', 'PolicyStats', 'Progress',
+    'init_policy_from_base', 'held_out_rows', 'train_split', 'eval_split', 'lr_scheduler', 'PolicyStats', 'Progress',
     'checkpoint_dirs', 'find_checkpoint', 'check_fresh', 'save_checkpoint', 'load_checkpoint', 'JsonLines',
     'save_model', 'synced_batches', 'Throughput',
 ]
@@ -57,10 +62,6 @@ def init_model_folder(init_from: str) -> Path:
 
 def build_model(config: TrainConfig):
     """The BlockDrop model a run starts from: ``init_from`` (finetune), else the base ResNet wrapped fresh."""
-    import timm
-    from ..models.loading import load_model
-    from ..models.blockdrop import BlockDropResNet, wrap
-
     if config.init_from:
         model = load_model(checkpoint=str(init_model_folder(config.init_from)))
         if not isinstance(model, BlockDropResNet):
@@ -125,35 +126,46 @@ def finetune_param_groups(model, config: TrainConfig) -> List[Dict[str, Any]]:
 
 # ---- data ----
 
-def _check_labels(dataset, label_column: str, num_classes: int, data: str) -> None:
-    import datasets
-    feature = (dataset.features or {}).get(label_column)
-    if isinstance(feature, datasets.ClassLabel) and feature.num_classes > num_classes:
-        raise ValueError(f"dataset {data} has {feature.num_classes} classes in '{label_column}' but the model "
-                         f"predicts {num_classes}: wrong base model or label column?")
+def held_out_rows(config: TrainConfig, num_rows: int) -> Tuple[range, range]:
+    """(training rows, validation rows) of a training split of ``num_rows`` rows.
+
+    ``eval_split: val`` holds out the last ``val_images`` rows for validation (model selection never sees the
+    test split); any other eval_split is a split of its own and every row trains.
+    """
+    if config.eval_split != VAL_SPLIT:
+        return range(num_rows), range(0)
+    if config.val_images >= num_rows:
+        raise ValueError(f"val_images {config.val_images} leaves no training rows: the '{config.train_split}' split "
+                         f"of {config.data} has {num_rows}")
+    return range(num_rows - config.val_images), range(num_rows - config.val_images, num_rows)
 
 
 def train_split(config: TrainConfig, model, seeds):
-    """The map-style training split: rows of {'pixel_values', 'label', 'seed'}, augmented per sample seed."""
-    from ..data import find_columns, load_split, train_transform, with_index, with_seeded_transform
-
+    """The map-style training split (without the held-out validation rows): rows of {'pixel_values', 'label',
+    'seed'}, augmented per sample seed."""
     dataset = load_split(config.data, config.train_split)
     image_column, label_column = find_columns(dataset, config.image_column, config.label_column)
-    _check_labels(dataset, label_column, model.num_classes, config.data)
+    rows, _ = held_out_rows(config, len(dataset))
     if config.max_train_samples is not None:
-        dataset = dataset.select(range(min(config.max_train_samples, len(dataset))))
+        rows = rows[:config.max_train_samples]
+    if len(rows) < len(dataset):
+        dataset = dataset.select(rows)
+    check_labels(dataset, label_column, model.num_classes, config.data)
     return with_seeded_transform(with_index(dataset), train_transform(model), image_column, label_column, seeds)
 
 
 def eval_split(config: TrainConfig, model):
-    """The evaluation split through the model's eval transform: rows of {'pixel_values', 'label'}."""
-    from ..data import eval_transform, find_columns, load_split, with_transform
-
-    dataset = load_split(config.data, config.eval_split)
+    """The evaluation split through the model's eval transform: rows of {'pixel_values', 'label'}; for
+    ``eval_split: val`` the rows held out at the end of the training split."""
+    held_out = config.eval_split == VAL_SPLIT
+    dataset = load_split(config.data, config.train_split if held_out else config.eval_split)
     image_column, label_column = find_columns(dataset, config.image_column, config.label_column)
-    _check_labels(dataset, label_column, model.num_classes, config.data)
+    rows = held_out_rows(config, len(dataset))[1] if held_out else range(len(dataset))
     if config.max_eval_samples is not None:
-        dataset = dataset.select(range(min(config.max_eval_samples, len(dataset))))
+        rows = rows[:config.max_eval_samples]
+    if len(rows) < len(dataset):
+        dataset = dataset.select(rows)
+    check_labels(dataset, label_column, model.num_classes, config.data)
     return with_transform(dataset, eval_transform(model), image_column, label_column)
 
 
