@@ -9,6 +9,15 @@ from conftest import RESNET_FILES
 from tiny_data import jpeg_bytes, tiny_dataset, write_parquet
 
 
+@pytest.fixture(autouse=True)
+def empty_datasets_cache(tmp_path, monkeypatch):
+    """An empty HF datasets cache, offline (so `uoft-cs/cifar10` is certainly not in it); the tiny datasets the
+    tests load are cached there too, not in the user's cache."""
+    monkeypatch.setattr(datasets.config, 'HF_DATASETS_CACHE', tmp_path / 'hf-datasets-cache')
+    monkeypatch.setattr(datasets.config, 'HF_HUB_OFFLINE', True)
+    return tmp_path / 'hf-datasets-cache'
+
+
 # ---- issue 13 item 3: labels outside [0, num_classes) ----
 
 def test_all_unlabelled_rows_are_refused():
@@ -81,3 +90,20 @@ def test_recipe_splits_refuse_bad_labels(tmp_path):
     with pytest.raises(ValueError, match=r"1 of 4 rows have labels outside \[0, 10\)"):
         run.train_split(config, model, SampleSeeds(0))
     run.eval_split(config, model)  # the held-out rows 4, 5 are fine
+
+
+# ---- issue 13 item 8: a Hub dataset id while offline ----
+
+
+
+@pytest.mark.parametrize('streaming', [False, True])
+def test_hub_id_offline_is_one_sentence(empty_datasets_cache, streaming):
+    with pytest.raises(FileNotFoundError, match=r"^Hub dataset uoft-cs/cifar10 is not in the local datasets cache and "
+                                                r"HF_HUB_OFFLINE / HF_DATASETS_OFFLINE forbid downloading it: .*"
+                                                r"`hf download uoft-cs/cifar10 --repo-type dataset --local-dir DIR`"):
+        load_split('uoft-cs/cifar10', 'test', streaming=streaming)
+
+
+def test_eval_with_hub_id_offline(empty_datasets_cache, capsys):
+    code, err = _eval(capsys, 'uoft-cs/cifar10')
+    assert code == 2 and err.startswith('blockdrop eval: error: Hub dataset uoft-cs/cifar10 is not in the local'), err

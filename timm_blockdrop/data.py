@@ -10,6 +10,7 @@ the dataset, split and column, and says what to do):
 - ``check_labels(dataset, label_column, num_classes, data)``: labels are integer class indices in
   ``[0, num_classes)`` (a ClassLabel with no more classes than the model); reads the label column only. Call it
   after ``find_columns`` and any ``select``. ``streaming_train_split(..., num_classes=N)`` checks a stream.
+- ``load_split``: a missing path or split, or a Hub id that is not cached while offline, is one sentence.
 """
 from pathlib import Path
 from typing import Callable, Optional, Tuple
@@ -29,7 +30,8 @@ def _looks_like_path(data: str) -> bool:
 
 
 def load_split(data: str, split: str = 'test', streaming: bool = False):
-    """``datasets.load_dataset(data, split=split)`` with clear errors for a missing path or split."""
+    """``datasets.load_dataset(data, split=split)`` with clear errors for a missing path or split, and for a Hub id
+    that is neither cached nor reachable (offline)."""
     import datasets
 
     if _looks_like_path(data):
@@ -44,6 +46,15 @@ def load_split(data: str, split: str = 'test', streaming: bool = False):
         raise
     except (FileNotFoundError, datasets.exceptions.DatasetNotFoundError) as e:
         raise FileNotFoundError(f'dataset {data} not found (offline, or no such path / Hub id): {e}') from None
+    except ConnectionError:  # datasets' "Couldn't reach 'ID' on the Hub (OfflineModeIsEnabled)" and the like
+        why = ('HF_HUB_OFFLINE / HF_DATASETS_OFFLINE forbid downloading it' if datasets.config.HF_HUB_OFFLINE
+               else 'the Hub could not be reached')
+        how = ('and a streaming split always needs the Hub' if streaming
+               else f'run once online to cache it (in {datasets.config.HF_DATASETS_CACHE})')
+        raise FileNotFoundError(
+            f"Hub dataset {data} is not in the local datasets cache and {why}: {how}, or download it where the Hub is "
+            f"reachable (`hf download {data} --repo-type dataset --local-dir DIR`) and pass the folder DIR as the "
+            f"data path") from None
 
 
 def find_columns(dataset, image_column: Optional[str] = None, label_column: Optional[str] = None) -> Tuple[str, str]:
