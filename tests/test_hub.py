@@ -7,6 +7,7 @@ checked in a card comes from a `blockdrop eval` run in the test, on the first 64
 import hashlib
 import json
 import shutil
+import tomllib
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -123,8 +124,16 @@ def test_card_parses_as_hub_metadata_with_measured_numbers(run):
 
 
 def test_card_template_is_packaged():
-    assert (REPO / 'hub_cards' / 'blockdrop_model_card.md').read_text() == hub.CARD_TEMPLATE.read_text()
-    assert 'hub_cards/*.md' in (REPO / 'pyproject.toml').read_text()
+    """The template a wheel ships: a file inside timm_blockdrop/tools matched by its package-data globs (as
+    setuptools resolves them), and the only copy: the repository's hub_cards/ entry links to it."""
+    package = Path(hub.__file__).parent
+    template = Path(str(hub.CARD_TEMPLATE))
+    assert template.is_file() and not template.is_symlink() and template.parent.parent == package
+    globs = tomllib.loads((REPO / 'pyproject.toml').read_text())['tool']['setuptools']['package-data']
+    shipped = {f.resolve() for pattern in globs.get(hub.__package__, []) for f in package.glob(pattern)}
+    assert template.resolve() in shipped, f'{template} is not in the package data {globs.get(hub.__package__)}'
+    link = REPO / 'hub_cards' / template.name
+    assert link.is_symlink() and link.resolve() == template.resolve()
 
 
 # ---- loading the published repo back ----

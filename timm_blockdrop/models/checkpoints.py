@@ -12,12 +12,16 @@ from pathlib import Path
 from typing import Dict, Iterator, Optional
 
 import torch
+from timm.models import build_model_with_cfg
+from timm.models._builder import resolve_pretrained_cfg
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, hub_errors
+from .pretrained_cfgs import release_status
 
 __all__ = [
     'CheckpointError', 'check_state_dict_fits', 'translate_load_errors', 'read_hf_config', 'checkpoint_weights_file',
+    'build_with_clear_errors',
 ]
 
 # checkpoint keys that older PyTorch versions did not write; BatchNorm fills them in on load
@@ -128,15 +132,11 @@ def build_with_clear_errors(model_cls, variant: str, pretrained: bool, **kwargs)
     corrupt file says which file and what is wrong instead of a trace from inside torch, and on a Hub repo
     that cannot be had (not cached offline, unreachable, not published) which repo and how to get it.
     """
-    from huggingface_hub import constants as hf_constants
-    from huggingface_hub.errors import (
-        EntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError)
-    from timm.models import build_model_with_cfg
-    from timm.models._builder import resolve_pretrained_cfg
-
     source = hub_repo = None
+    name = variant
     if pretrained:
         cfg = resolve_pretrained_cfg(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
+        name = f'{variant}.{cfg.tag}' if cfg.tag else variant
         if cfg.source == 'local-dir':
             source = cfg.file
             checkpoint_weights_file(cfg.file)
@@ -148,35 +148,9 @@ def build_with_clear_errors(model_cls, variant: str, pretrained: bool, **kwargs)
             source = cfg.hf_hub_id or cfg.url or None
             hub_repo = cfg.hf_hub_id if cfg.source == 'hf-hub' or not cfg.state_dict else None
             if source is None and cfg.state_dict is None:
-                name = f'{variant}.{cfg.tag}' if cfg.tag else variant
                 raise FileNotFoundError(
                     f'no pretrained weights for {name}: its pretrained tag names no weight source. Give a file with '
                     f"pretrained_cfg_overlay=dict(file=PATH) (blockdrop eval: --pretrained-file), or use "
                     f'pretrained=False for random initialisation')
-    try:
-        with translate_load_errors(source):
-            return build_model_with_cfg(model_cls, variant, pretrained, **kwargs)
-    except (EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError, OfflineModeIsEnabled) as e:
-        if not hub_repo:
-            raise
-        from .pretrained_cfgs import release_status
-        name = f'{variant}.{cfg.tag}' if cfg.tag else variant
-        cache = kwargs.get('cache_dir') or hf_constants.HF_HUB_CACHE
-        if isinstance(e, RepositoryNotFoundError):
-            why = f'Hub repo {hub_repo} does not exist, or is private or gated and needs a login (hf auth login)'
-        elif isinstance(e, RevisionNotFoundError):
-            why = f'Hub repo {hub_repo} has no such revision'
-        elif not isinstance(e, (FileNotFoundError, OfflineModeIsEnabled)):
-            why = f'Hub repo {hub_repo} holds no model.safetensors (nor pytorch_model.bin)'
-        elif hf_constants.HF_HUB_OFFLINE:
-            why = (f'Hub repo {hub_repo} is not in the local cache ({cache}) and HF_HUB_OFFLINE=1 forbids '
-                   f'downloading it')
-        else:
-            why = f'Hub repo {hub_repo} is not in the local cache ({cache}) and the Hub could not be reached'
-        status = release_status(name)
-        raise FileNotFoundError(
-            f'no weights for {name}: {why}. ' + (f'{status[0].upper()}{status[1:]}. ' if status else '')
-            + f'Download it where the Hub is reachable with `hf download {hub_repo}` (into the HF cache that '
-            f"pretrained=True reads), or load a downloaded or published folder with "
-            f"timm.create_model('local-dir:PATH', pretrained=True)"
-        ) from None
+    with hub_errors(name, hub_repo, release_status(name), kwargs.get('cache_dir')), translate_load_errors(source):
+        return build_model_with_cfg(model_cls, variant, pretrained, **kwargs)

@@ -19,14 +19,9 @@ from timm.models._features import feature_take_indices
 from timm.models.resnet import BasicBlock, downsample_conv
 
 from .checkpoints import build_with_clear_errors, check_state_dict_fits
+from .pretrained_cfgs import CIFAR100_MEAN, CIFAR100_STD, CIFAR10_MEAN, CIFAR10_STD
 
 __all__ = ['CifarResNet', 'ShortcutA']
-
-# normalisation the shared CIFAR-10 checkpoints were trained with (see shared/weights/README.md)
-CIFAR10_MEAN = (0.485, 0.456, 0.406)
-CIFAR10_STD = (0.229, 0.224, 0.225)
-CIFAR100_MEAN = (0.5070, 0.4865, 0.4409)
-CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 
 
 class ShortcutA(nn.Module):

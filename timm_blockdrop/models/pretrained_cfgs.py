@@ -9,7 +9,15 @@ from typing import Any, Dict, Optional
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from .cifar_resnet import CIFAR100_MEAN, CIFAR100_STD, CIFAR10_MEAN, CIFAR10_STD
+__all__ = ['CIFAR10_MEAN', 'CIFAR10_STD', 'CIFAR100_MEAN', 'CIFAR100_STD', 'HUB_ORG', 'DATASETS', 'RELEASED_TAGS',
+           'LOCAL_RELEASES', 'hub_id', 'release_status', 'blockdrop_pretrained_cfgs']
+
+# normalisation the shared CIFAR-10 checkpoints were trained with (see shared/weights/README.md), and the CIFAR-100
+# one; the CIFAR ResNets' own tags use them too
+CIFAR10_MEAN = (0.485, 0.456, 0.406)
+CIFAR10_STD = (0.229, 0.224, 0.225)
+CIFAR100_MEAN = (0.5070, 0.4865, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 
 PAPER_ID = 'arXiv:1711.08393'
 PAPER_NAME = 'BlockDrop: Dynamic Inference Paths in Residual Networks'

@@ -20,6 +20,10 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
+from ..models.fused import tune_cpu_allocator
+from ..models.loading import as_blockdrop, load_model
+from .train_bench import measure_train_throughput
+
 __all__ = ['bench_inference', 'add_bench_arguments', 'run_bench']
 
 
@@ -180,22 +184,13 @@ def _batch_sizes(text: str) -> List[int]:
 
 
 def run_bench(args) -> List[Dict]:
-    from ..models.fused import tune_cpu_allocator
-    from ..models.loading import as_blockdrop, load_model
-
     allocator_tuned = tune_cpu_allocator() if args.device == 'cpu' else False
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.checkpoint or args.pretrained_file:
-        model = load_model(args.model, args.checkpoint, args.pretrained_file)
-    else:
-        import timm
-        if not args.model or not timm.is_model(args.model.split('.')[0]):
-            raise ValueError(f"unknown model '{args.model}': name a registered timm model or give --checkpoint")
-        model = timm.create_model(args.model)
-    model = as_blockdrop(model)
+    # untrained weights unless a checkpoint or file is given: timings do not depend on them
+    model = as_blockdrop(load_model(args.model, args.checkpoint, args.pretrained_file,
+                                    pretrained=bool(args.checkpoint or args.pretrained_file), require='wrappable'))
     if args.train:
-        from .train_bench import measure_train_throughput
         results = [measure_train_throughput(model, batch_size=b, rounds=args.repeats, device=args.device,
                                             seed=args.seed, finetune_mode=args.finetune_mode)
                    for b in _batch_sizes(args.batch_sizes)]

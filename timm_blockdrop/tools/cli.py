@@ -10,15 +10,17 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from . import bench, hub
-from ..models.checkpoints import CheckpointError
-from ..models.blockdrop import UnsupportedModelError
+import torch
 
-USER_ERRORS = (ValueError, FileNotFoundError, CheckpointError, UnsupportedModelError, TypeError, RuntimeError)
+from . import bench, hub
+from .evaluation import POLICIES, evaluate_policy, format_report
+from ..data import eval_transform, find_columns, load_split, make_loader, with_transform
+from ..errors import USER_ERRORS
+from ..models.blockdrop import BlockDropResNet
+from ..models.loading import as_blockdrop, load_model
 
 
 def _add_eval(sub) -> None:
-    from .evaluation import POLICIES
     p = sub.add_parser('eval', help='evaluate a (BlockDrop) ResNet: top-1, blocks, FLOPs, unique policies')
     p.add_argument('--model', help='timm model name (blockdrop_* or a base ResNet such as cifar_resnet32)')
     p.add_argument('--checkpoint', help='checkpoint folder in save_for_hf layout (model.safetensors + config.json)')
@@ -43,15 +45,9 @@ def _add_eval(sub) -> None:
 
 
 def run_eval(args) -> dict:
-    import torch
-    from ..data import eval_transform, find_columns, load_split, make_loader, with_transform
-    from .evaluation import evaluate_policy, format_report
-    from ..models.loading import as_blockdrop, load_model
-    from ..models.blockdrop import BlockDropResNet
-
     if args.batch_size < 1:
         raise ValueError(f'--batch-size must be positive, got {args.batch_size}')
-    loaded = load_model(args.model, args.checkpoint, args.pretrained_file)
+    loaded = load_model(args.model, args.checkpoint, args.pretrained_file, require='wrappable')
     policy = args.policy or ('learned' if isinstance(loaded, BlockDropResNet) else 'full')
     if policy == 'learned' and not isinstance(loaded, BlockDropResNet):
         raise ValueError(f"'{loaded.pretrained_cfg.get('architecture')}' is a plain ResNet with no policy network: "
@@ -64,7 +60,7 @@ def run_eval(args) -> dict:
     if args.max_samples is not None:
         dataset = dataset.select(range(min(args.max_samples, len(dataset))))
     with_transform(dataset, eval_transform(model), image_column, label_column)
-    loader = make_loader(dataset, args.batch_size, num_workers=args.num_workers)
+    loader = make_loader(dataset, args.batch_size, num_workers=args.num_workers, data=args.data)
     torch.manual_seed(args.seed)
     report = evaluate_policy(model, loader, policy, args.blocks, seed=args.seed, device=args.device,
                              progress=not args.quiet, compare_full=args.compare_full)
@@ -95,7 +91,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    import timm_blockdrop  # noqa: F401  (registers the models)
     try:
         COMMANDS[args.command][1](args)
     except USER_ERRORS as e:

@@ -25,7 +25,8 @@ from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from ..models.checkpoints import CheckpointError, read_hf_config
+from .. import __version__
+from ..errors import hub_upload_errors
 from ..models.loading import load_model
 from ..models.blockdrop import BlockDropResNet
 from ..models.pretrained_cfgs import DATASETS, PAPER_ID, hub_id
@@ -71,20 +72,6 @@ def check_repo_id(repo_id: str) -> str:
     except HFValidationError as e:
         raise ValueError(f"repo id '{repo_id}' is malformed: {e}") from None
     return repo_id
-
-
-def load_checkpoint(folder: str) -> BlockDropResNet:
-    """The BlockDrop model of a ``save_for_hf`` folder, or a clear error when it is none."""
-    arch = read_hf_config(folder)['architecture']
-    if arch not in timm.list_models('blockdrop_*'):
-        raise CheckpointError(
-            f"checkpoint {folder} holds a '{arch}', not a BlockDrop model (blockdrop_*): wrap a ResNet with "
-            f"timm_blockdrop.wrap(model) and save that with timm.models.save_for_hf(model, DIR, "
-            f"safe_serialization=True)")
-    model = load_model(checkpoint=folder)  # checks the weight file, loads through timm's local-dir:
-    if not isinstance(model, BlockDropResNet):
-        raise CheckpointError(f"checkpoint {folder}: '{arch}' built a {type(model).__name__}, not a BlockDropResNet")
-    return model.eval()
 
 
 def _base_model(model: BlockDropResNet) -> str:
@@ -295,7 +282,7 @@ def build_repo_folder(
 ) -> List[str]:
     """Write the Hub repo of ``checkpoint`` into ``folder`` (which must be empty or new); its file names."""
     check_repo_id(repo_id)
-    model = load_checkpoint(checkpoint)
+    model = load_model(checkpoint=checkpoint, require='blockdrop').eval()
     reports = [read_eval_report(p, model) for p in eval_jsons]
     base_reports = [read_eval_report(p, model, base=True) for p in base_eval_jsons]
     data = _dataset(model, reports, dataset)
@@ -326,16 +313,11 @@ def build_repo_folder(
 
 def upload(folder: str, repo_id: str, private: bool = False, commit_message: Optional[str] = None):
     """Create ``repo_id`` if needed and upload ``folder`` to it with ``HfApi.upload_folder``."""
-    from .. import __version__
     api = HfApi(library_name='timm-blockdrop', library_version=__version__)
-    try:
+    with hub_upload_errors(repo_id):
         repo = api.create_repo(repo_id, private=private, exist_ok=True, repo_type='model')
         return api.upload_folder(repo_id=repo.repo_id, folder_path=folder, repo_type='model',
                                  commit_message=commit_message or f'Publish {repo_id.split("/")[1]}')
-    except OSError as e:  # HTTP errors, offline mode, no token: all OSError in huggingface_hub
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise RuntimeError(f'upload to {repo_id} failed: {first} (log in with `hf auth login` or set HF_TOKEN; '
-                           f'--dry-run FOLDER writes the repo folder without uploading)') from None
 
 
 def publish(checkpoint: str, repo_id: str, dry_run: Optional[str] = None, private: bool = False,

@@ -2,9 +2,11 @@
 
 ``measure_train_throughput`` times, on the same machine and in the same run, one optimizer step of
 - plain: the base ResNet alone, cross-entropy, forward + backward + Adam (what finetuning a timm model costs);
-- curriculum: ``CurriculumStep`` at its costliest stage, the policy deciding all K blocks (no forced prefix);
-  policy forward + backward, the frozen ResNet run under the sampled and the greedy policy (shared rows, routed);
-- finetune: ``FinetuneStep``, policy and ResNet trained together (sampled pass with gradient, greedy pass not).
+- curriculum: ``CurriculumRollout`` + ``curriculum_loss`` at the costliest stage, the policy deciding all K blocks
+  (no forced prefix); policy forward + backward, the frozen ResNet run under the sampled and the greedy policy
+  (shared rows, routed);
+- finetune: ``FinetuneRollout``, cross-entropy + ``policy_gradient_loss``, policy and ResNet trained together
+  (sampled pass with gradient, greedy pass not).
 The three are timed in interleaved rounds (plain, curriculum, finetune, plain, ...) and each reports its median
 round, so a machine whose load changes during the run biases none of them. Inputs are random tensors of the
 model's input size: images/s does not depend on what the pixels show, only on how many blocks the (fresh)
@@ -19,24 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..train.reinforce import CurriculumStep, FinetuneStep
+from ..models.loading import as_blockdrop, load_model
+from ..train.reinforce import (CurriculumRollout, FinetuneRollout, curriculum_loss, policy_gradient_loss,
+                               rewards)
 
 __all__ = ['measure_train_throughput']
-
-
-def _blockdrop_model(model_name_or_model: Union[str, nn.Module], pretrained_file: Optional[str] = None):
-    import timm
-    from ..models.blockdrop import BlockDropResNet, wrap
-
-    if isinstance(model_name_or_model, nn.Module):
-        model = model_name_or_model
-    else:
-        if not timm.is_model(model_name_or_model):
-            raise ValueError(f"unknown model '{model_name_or_model}': not a registered timm model")
-        overlay = dict(file=pretrained_file) if pretrained_file else None
-        model = timm.create_model(model_name_or_model, pretrained=bool(pretrained_file),
-                                  pretrained_cfg_overlay=overlay)
-    return model if isinstance(model, BlockDropResNet) else wrap(model)
 
 
 def _sync(device: torch.device) -> None:
@@ -74,7 +63,11 @@ def measure_train_throughput(
         raise ValueError('batch_size, steps and rounds must be >= 1 and warmup >= 0')
     device = torch.device(device)
     torch.manual_seed(seed)
-    model = _blockdrop_model(model_name_or_model, pretrained_file)
+    if isinstance(model_name_or_model, nn.Module):
+        model = as_blockdrop(model_name_or_model)
+    else:  # fresh weights unless a file is given: images/s does not depend on them
+        model = as_blockdrop(load_model(model_name_or_model, pretrained_file=pretrained_file,
+                                        pretrained=bool(pretrained_file), require='wrappable'))
     cfg = model.pretrained_cfg
     images = torch.randn(batch_size, *cfg.get('input_size', (3, 224, 224)), device=device)
     labels = torch.randint(0, model.num_classes, (batch_size,), device=device)
@@ -83,10 +76,10 @@ def measure_train_throughput(
     plain = copy.deepcopy(model.base).to(device).train()
     plain_opt = torch.optim.Adam(plain.parameters(), lr=1e-4)
     cl_model = copy.deepcopy(model).to(device)
-    cl_step = CurriculumStep(cl_model, gamma=gamma).train()
+    cl_rollout = CurriculumRollout(cl_model).train()
     cl_opt = torch.optim.Adam(cl_model.policy.parameters(), lr=1e-4)
     ft_model = copy.deepcopy(model).to(device)
-    ft_step = FinetuneStep(ft_model, gamma=gamma, pg_weight=batch_size, mode=finetune_mode).train()
+    ft_rollout = FinetuneRollout(ft_model, mode=finetune_mode).train()
     ft_opt = torch.optim.Adam(ft_model.parameters(), lr=1e-4)
 
     def run_plain():
@@ -96,13 +89,18 @@ def measure_train_throughput(
         plain_opt.step()
 
     def run_curriculum():
-        loss = cl_step(images, labels, seeds, n_forced=0)['loss']  # the costliest stage: all K blocks decided
+        out = cl_rollout(images, seeds, n_forced=0)  # the costliest stage: all K blocks decided
+        _, _, adv = rewards(out, labels, gamma)
+        loss = curriculum_loss(out['probs'], out['keep'], adv, n_forced=0)
         cl_opt.zero_grad(set_to_none=True)
         loss.backward()
         cl_opt.step()
 
     def run_finetune():
-        loss = ft_step(images, labels, seeds)['loss']
+        out = ft_rollout(images, seeds)
+        _, _, adv = rewards(out, labels, gamma)
+        loss = F.cross_entropy(out['logits'], labels) + policy_gradient_loss(out['probs'], out['keep'], adv,
+                                                                            weight=batch_size)
         ft_opt.zero_grad(set_to_none=True)
         loss.backward()
         ft_opt.step()
