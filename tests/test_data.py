@@ -2,11 +2,11 @@
 import datasets
 import pytest
 
-from timm_blockdrop.data import check_labels, load_split
+from timm_blockdrop.data import CorruptImageError, check_labels, load_split
 from timm_blockdrop.tools import cli
 
 from conftest import RESNET_FILES
-from tiny_data import jpeg_bytes, tiny_dataset, write_parquet
+from tiny_data import jpeg_bytes, tiny_dataset, truncated, write_image_folder, write_parquet
 
 
 @pytest.fixture(autouse=True)
@@ -82,14 +82,14 @@ def test_eval_refuses_unlabelled_split(tmp_path, capsys):
 def test_recipe_splits_refuse_bad_labels(tmp_path):
     import timm
     from timm_blockdrop.data import SampleSeeds
-    from timm_blockdrop.train import run
+    from timm_blockdrop.train.splits import eval_split, train_split
     from timm_blockdrop.train.config import TrainConfig
     folder = write_parquet(tiny_dataset([0, 1, 12, 3, 4, 5], num_classes=None), tmp_path / 'tiny', split='train')
     model = timm.create_model('blockdrop_cifar_resnet20')
     config = TrainConfig(data=str(folder), val_images=2)
     with pytest.raises(ValueError, match=r"1 of 4 rows have labels outside \[0, 10\)"):
-        run.train_split(config, model, SampleSeeds(0))
-    run.eval_split(config, model)  # the held-out rows 4, 5 are fine
+        train_split(config, model, SampleSeeds(0))
+    eval_split(config, model)  # the held-out rows 4, 5 are fine
 
 
 # ---- issue 13 item 8: a Hub dataset id while offline ----
@@ -107,3 +107,56 @@ def test_hub_id_offline_is_one_sentence(empty_datasets_cache, streaming):
 def test_eval_with_hub_id_offline(empty_datasets_cache, capsys):
     code, err = _eval(capsys, 'uoft-cs/cifar10')
     assert code == 2 and err.startswith('blockdrop eval: error: Hub dataset uoft-cs/cifar10 is not in the local'), err
+
+
+# ---- issue 13 item 9: one truncated image names its split, row and file ----
+
+def _with_truncated_row(n=6, bad=3):
+    images = [jpeg_bytes(size=(32, 32), seed=i) for i in range(n)]
+    images[bad] = truncated(images[bad])
+    return tiny_dataset(list(range(n)), images=images)
+
+
+def test_eval_names_the_truncated_image(tmp_path, capsys):
+    folder = write_parquet(_with_truncated_row(), tmp_path / 'tiny')
+    code, err = _eval(capsys, folder, '--batch-size', '4')
+    assert code == 2, err
+    assert err.startswith(f"blockdrop eval: error: dataset {folder} split 'test': the image of row 3 cannot be decoded "
+                          f"("), err
+    assert 'repair or remove it' in err
+
+
+def test_image_folder_names_the_file(tmp_path):
+    from timm_blockdrop.data import eval_transform, find_columns, make_loader, with_transform
+    import timm
+    good = [jpeg_bytes(size=(10, 14), seed=i) for i in range(3)]
+    folder = write_image_folder(tmp_path / 'folder', {'cat': good, 'dog': [good[0], truncated(good[1])]})
+    dataset = load_split(str(folder), 'test')
+    image_column, label_column = find_columns(dataset)
+    with_transform(dataset, eval_transform(timm.create_model('cifar_resnet20')), image_column, label_column)
+    with pytest.raises(CorruptImageError, match=rf"^dataset {folder} split 'test': the image of row 4 \(file "
+                                                rf"{folder}/test/dog/1.jpg\) cannot be decoded"):
+        list(make_loader(dataset, 2, data=str(folder)))
+
+
+@pytest.mark.parametrize('num_workers', [0, 1])
+def test_training_loaders_name_the_truncated_image(tmp_path, num_workers):
+    """Map-style and streaming, in the main process and in a DataLoader worker: one sentence, no traceback."""
+    import timm
+    from timm_blockdrop.data import (SampleSeeds, make_train_loader, streaming_train_split, train_transform, with_index,
+                                     with_seeded_transform)
+    folder = write_parquet(_with_truncated_row(), tmp_path / 'tiny', split='train')
+    model = timm.create_model('cifar_resnet20')
+    dataset = load_split(str(folder), 'train')
+    rows = with_seeded_transform(with_index(dataset), train_transform(model), 'image', 'label', SampleSeeds(0))
+    loader = make_train_loader(rows, 2, shuffle=False, num_workers=num_workers, data=str(folder))
+    with pytest.raises(CorruptImageError) as info:
+        list(loader)
+    assert str(info.value).startswith(f"dataset {folder} split 'train': the image of row 3 cannot be decoded"), info.value
+    stream, image_column, label_column, _ = streaming_train_split(str(folder), 'train', None, None, seed=0,
+                                                                  shuffle_buffer=1, max_samples=6, num_classes=10)
+    rows = with_seeded_transform(stream, train_transform(model), image_column, label_column, SampleSeeds(0))
+    with pytest.raises(CorruptImageError) as info:
+        list(make_train_loader(rows, 2, num_workers=num_workers, data=str(folder)))
+    assert ' the image of streamed sample 3 of this process cannot be decoded (' in str(info.value)
+    assert '\n' not in str(info.value)

@@ -42,3 +42,13 @@ def write_parquet(dataset: datasets.Dataset, folder, split: str = 'test') -> Pat
     (folder / 'data').mkdir(parents=True, exist_ok=True)
     dataset.to_parquet(str(folder / 'data' / f'{split}-00000-of-00001.parquet'))
     return folder
+
+
+def write_image_folder(folder, images_by_label, split: str = 'test') -> Path:
+    """``folder/{split}/{label}/{i}.jpg`` (datasets' imagefolder layout: the label is the folder name)."""
+    folder = Path(folder)
+    for label, images in images_by_label.items():
+        (folder / split / str(label)).mkdir(parents=True, exist_ok=True)
+        for i, data in enumerate(images):
+            (folder / split / str(label) / f'{i}.jpg').write_bytes(data)
+    return folder

@@ -11,15 +11,19 @@ the dataset, split and column, and says what to do):
   ``[0, num_classes)`` (a ClassLabel with no more classes than the model); reads the label column only. Call it
   after ``find_columns`` and any ``select``. ``streaming_train_split(..., num_classes=N)`` checks a stream.
 - ``load_split``: a missing path or split, or a Hub id that is not cached while offline, is one sentence.
+- ``make_loader(..., data=PATH)`` / ``make_train_loader(..., data=PATH)``: an image that cannot be decoded raises
+  ``CorruptImageError`` (a ValueError) naming the data, the split, the row and the image's file when stored;
+  nothing is skipped silently. Pass ``data`` so the message names the path (else the dataset's name).
 """
 from pathlib import Path
 from typing import Callable, Optional, Tuple
 
 import torch
+from PIL import Image
 from torch import nn
 
 __all__ = ['load_split', 'find_columns', 'check_labels', 'eval_transform', 'train_transform', 'with_transform',
-           'make_loader']
+           'make_loader', 'CorruptImageError']
 
 _LABEL_NAMES = ('label', 'labels', 'fine_label', 'target', 'class')
 
@@ -167,14 +171,89 @@ def with_transform(dataset, transform: Callable, image_column: str, label_column
     return dataset
 
 
+class CorruptImageError(ValueError):
+    """An image of the dataset that cannot be decoded (truncated, not an image, a decompression bomb)."""
+
+    def __init__(self, message: str):
+        # torch re-raises a DataLoader worker's error as type(e)('Caught ... Original Traceback ...'): keep the sentence
+        marker = f'{type(self).__name__}: '
+        if message.startswith('Caught ') and marker in message:
+            message = message.rsplit(marker, 1)[1].strip()
+        super().__init__(message)
+
+
+# what PIL raises for an image it cannot decode (a truncated file: OSError; a broken PNG chunk: SyntaxError)
+_DECODE_ERRORS = (OSError, SyntaxError, Image.DecompressionBombError)
+
+
+def _corrupt(where: str, row: str, path: Optional[str], error: BaseException) -> CorruptImageError:
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    file = f' (file {path})' if path else ''
+    return CorruptImageError(f'{where}: the image of {row}{file} cannot be decoded ({first}); repair or remove it '
+                             f'(e.g. dataset.filter), or re-download the dataset, and run again')
+
+
+class _NamedRows(torch.utils.data.Dataset):
+    """A map-style dataset whose undecodable image raises ``CorruptImageError`` naming its row, not PIL's traceback.
+
+    Batches are read as usual (``__getitems__``); only after a decoding error are the batch's rows read one by one
+    to find the bad one.
+    """
+
+    def __init__(self, dataset, data: Optional[str] = None):
+        self.dataset, self.data = dataset, data
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices):
+        try:
+            return self.dataset.__getitems__(list(indices))
+        except _DECODE_ERRORS:
+            for index in indices:
+                try:
+                    self.dataset[int(index)]
+                except _DECODE_ERRORS as e:
+                    raise _corrupt(_describe(self.dataset, self.data or _dataset_name(self.dataset)),
+                                   f'row {int(index)}', self._path(int(index)), e) from None
+            raise
+
+    def _path(self, index: int) -> Optional[str]:
+        """The file name stored with the row's image (image folders; some parquet sets), read without decoding."""
+        import datasets
+        row = self.dataset.with_format('arrow')[index]
+        for name, feature in (self.dataset.features or {}).items():
+            if isinstance(feature, datasets.Image):
+                value = row.column(name)[0].as_py()
+                if isinstance(value, dict) and value.get('path'):
+                    return value['path']
+        return None
+
+
+def _dataset_name(dataset) -> Optional[str]:
+    info = getattr(dataset, 'info', None)
+    return getattr(info, 'dataset_name', None)
+
+
+def _named_rows(dataset, data: Optional[str]):
+    import datasets
+    return dataset if isinstance(dataset, datasets.IterableDataset) else _NamedRows(dataset, data)
+
+
 def _collate(rows):
     return torch.stack([r['pixel_values'] for r in rows]), torch.tensor([r['label'] for r in rows])
 
 
-def make_loader(dataset, batch_size: int, shuffle: bool = False, num_workers: int = 0, **kwargs):
+def make_loader(dataset, batch_size: int, shuffle: bool = False, num_workers: int = 0, data: Optional[str] = None,
+                **kwargs):
+    """Batches of (images, labels) from ``with_transform`` rows; an undecodable image raises ``CorruptImageError``
+    naming ``data`` (the dataset's path or Hub id, for the message), the split and the row."""
     return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, collate_fn=_collate,
-        persistent_workers=num_workers > 0, **kwargs)
+        _named_rows(dataset, data), batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+        collate_fn=_collate, persistent_workers=num_workers > 0, **kwargs)
 
 
 # ---- training data: per-sample seeds (added with the training recipes) ----
@@ -226,7 +305,6 @@ def _rgb(image):
     """A PIL RGB image from a decoded image or an undecoded {'bytes', 'path'} dict."""
     if isinstance(image, dict):
         import io
-        from PIL import Image
         image = Image.open(io.BytesIO(image['bytes']) if image.get('bytes') else image['path'])
     return image.convert('RGB')
 
@@ -262,7 +340,12 @@ def with_seeded_transform(dataset, transform: Callable, image_column: str, label
         pixels, policy_seeds = [], []
         for index, image in zip(batch[INDEX_COLUMN], batch[image_column]):
             aug_seed, policy_seed = seeds(index)
-            pixels.append(_seeded(transform, _rgb(image), aug_seed))
+            try:
+                image = _rgb(image)
+            except _DECODE_ERRORS as e:  # an undecoded (streamed) image; a map-style one fails in _NamedRows
+                raise _corrupt(_describe(dataset, _dataset_name(dataset)), f'streamed sample {index} of this process',
+                               image.get('path') if isinstance(image, dict) else None, e) from None
+            pixels.append(_seeded(transform, image, aug_seed))
             policy_seeds.append(policy_seed)
         return {'pixel_values': pixels, 'label': batch[label_column], 'seed': policy_seeds}
 
@@ -280,8 +363,10 @@ def _collate_train(rows):
     }
 
 
-def make_train_loader(dataset, batch_size: int, shuffle: bool = True, num_workers: int = 0, drop_last: bool = True):
-    """Batches of {'pixel_values', 'label', 'seed'} from ``with_seeded_transform`` rows.
+def make_train_loader(dataset, batch_size: int, shuffle: bool = True, num_workers: int = 0, drop_last: bool = True,
+                      data: Optional[str] = None):
+    """Batches of {'pixel_values', 'label', 'seed'} from ``with_seeded_transform`` rows; an undecodable image raises
+    ``CorruptImageError`` naming ``data``, the split and the row (as ``make_loader``).
 
     Workers are not persistent: they are forked at each epoch, so they see the epoch set on ``SampleSeeds``.
     """
@@ -290,8 +375,8 @@ def make_train_loader(dataset, batch_size: int, shuffle: bool = True, num_worker
     if isinstance(dataset, datasets.IterableDataset):
         shuffle = False  # a streaming dataset shuffles itself (IterableDataset.shuffle)
     return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, collate_fn=_collate_train,
-        drop_last=drop_last, persistent_workers=False)
+        _named_rows(dataset, data), batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+        collate_fn=_collate_train, drop_last=drop_last, persistent_workers=False)
 
 
 def streaming_train_split(data: str, split: str, image_column: Optional[str], label_column: Optional[str],
@@ -318,10 +403,10 @@ def streaming_train_split(data: str, split: str, image_column: Optional[str], la
     if total is None:
         raise ValueError(f'streaming dataset {data} does not say how many rows its {split} split has; '
                          f'set max_train_samples')
+    dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
     if num_classes is not None:
         check_labels(dataset, label_column, num_classes, data)
         dataset = _checking_labels(dataset, label_column, num_classes, data)
-    dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
     dataset = dataset.shuffle(seed=seed, buffer_size=shuffle_buffer)
     dataset = split_dataset_by_node(dataset, rank=process_index, world_size=num_processes)
     return with_index(dataset), image_column, label_column, total
