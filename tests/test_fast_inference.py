@@ -1,4 +1,6 @@
-"""Routed inference (timm_blockdrop.models.fused): equal to the masked reference per sample, never runs dropped blocks."""
+"""Routed and fused inference (timm_blockdrop.models.routing, .fused): equal to the masked reference per sample,
+never runs dropped blocks; fusion is explicit (``fuse()``, timm's reparameterize_model) and nothing is cached."""
+import copy
 import json
 
 import pytest
@@ -7,7 +9,7 @@ import torch
 
 import timm_blockdrop
 from timm_blockdrop.tools.cli import main
-from timm_blockdrop.models.fused import FastBlock
+from timm_blockdrop.models.fused import FusedBlock, FusedBlockDrop
 
 
 @pytest.fixture(scope='module')
@@ -31,15 +33,18 @@ def test_routed_equals_masked_per_sample(r32, cifar_test_slice, batch, channels_
     x = cifar_test_slice[0][:batch]
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
+    fused = r32.fuse()
     for keep in _policies(batch, r32.num_blocks, seed=batch):
         with torch.no_grad():
             masked = r32.forward_with_policy(x, keep, mode='masked')
-            fast = r32.forward_with_policy(x, keep)  # eval + no_grad: the fused inference engine
-            per_sample = torch.cat([r32.forward_with_policy(x[i:i + 1], keep[i:i + 1]) for i in range(batch)])
+            routed = r32.forward_with_policy(x, keep)  # eval: routed, the model's own modules
+            fast = fused.forward_with_policy(x, keep)  # the fused copy, same routing
+            per_sample = torch.cat([fused.forward_with_policy(x[i:i + 1], keep[i:i + 1]) for i in range(batch)])
         plain = r32.forward_with_policy(x, keep, mode='routed')  # autograd on: the modules themselves
         assert torch.allclose(fast, masked, rtol=1e-4, atol=1e-4)
         assert torch.allclose(per_sample, masked, rtol=1e-4, atol=1e-4)
         assert torch.allclose(plain.detach(), masked, rtol=1e-5, atol=1e-5)
+        assert torch.allclose(routed, masked, rtol=1e-5, atol=1e-5)
         assert torch.equal(fast.argmax(1), masked.argmax(1))
 
 
@@ -52,10 +57,12 @@ def test_routed_equals_masked_imagenet_blocks(name, shape):
             mod.running_mean.uniform_(-0.1, 0.1)
             mod.running_var.uniform_(0.5, 1.5)
     x = torch.randn(*shape)
+    fused = timm.utils.reparameterize_model(torch.nn.Sequential(m))[0]  # timm's protocol: calls m.fuse()
+    assert isinstance(fused, FusedBlockDrop) and fused.fused
     for keep in _policies(shape[0], m.num_blocks, seed=1):
         with torch.no_grad():
             ref = m.forward_with_policy(x, keep, mode='masked')
-            fast = m.forward_with_policy(x, keep)
+            fast = fused.forward_with_policy(x, keep)
         assert torch.allclose(fast, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
 
 
@@ -63,17 +70,18 @@ def test_eval_forward_uses_greedy_policy(r32, cifar_test_slice):
     x = cifar_test_slice[0][:16]
     torch.nn.init.constant_(r32.policy.fc.bias, 0.0)
     with torch.no_grad():
-        fast = r32(x)
+        fast = r32.fuse()(x)
+        assert torch.allclose(r32(x), fast, rtol=1e-4, atol=1e-4)
         keep = (r32.policy_probs(x) >= r32.threshold).float()
         ref = r32.forward_with_policy(x, keep, mode='masked')
     assert torch.allclose(fast, ref, rtol=1e-4, atol=1e-4)
 
 
 def test_block_dropped_by_every_sample_never_runs(r32):
-    engine = r32.inference_engine()
+    engine = r32.fuse()
     calls = [0] * r32.num_blocks
     originals = []
-    for i, block in enumerate(engine.base.blocks):
+    for i, block in enumerate(engine.kernels()):
         def counted(x, _i=i, _full=block.full):
             calls[_i] += x.shape[0]
             return _full(x)
@@ -84,9 +92,9 @@ def test_block_dropped_by_every_sample_never_runs(r32):
         keep[:, 3] = 0          # dropped by all
         keep[:2, 5] = 0         # kept by 4 of 6
         with torch.no_grad():
-            r32.forward_with_policy(torch.randn(6, 3, 32, 32), keep)
+            engine.forward_with_policy(torch.randn(6, 3, 32, 32), keep)
     finally:
-        for block, full in zip(engine.base.blocks, originals):
+        for block, full in zip(engine.kernels(), originals):
             block.full = full
     assert calls[3] == 0 and calls[5] == 4 and calls[0] == 6
 
@@ -106,33 +114,105 @@ def test_module_path_never_runs_dropped_blocks(r32):
     assert 7 not in calls and calls[8] == 3 and calls[0] == 4
 
 
-def test_engine_follows_weight_changes(r32, tmp_path):
-    x = torch.randn(2, 3, 32, 32)
-    keep = torch.ones(2, r32.num_blocks)
-    state = {k: v.clone() for k, v in r32.state_dict().items()}
-    try:
-        with torch.no_grad():
-            before = r32.forward_with_policy(x, keep)
-            r32.base.layer3[0].conv1.weight.mul_(0.5)  # in-place edit in eval mode
-            after = r32.forward_with_policy(x, keep)
-            assert not torch.allclose(before, after)
-            assert torch.allclose(after, r32.forward_with_policy(x, keep, mode='masked'), rtol=1e-4, atol=1e-4)
-            r32.load_state_dict(state)
-            assert torch.allclose(r32.forward_with_policy(x, keep), before)
-    finally:
-        r32.load_state_dict(state)
+def _bn_eps(m):
+    m.base.layer2[1].bn1.eps = 10.0
+
+
+def _p_data(m):
+    m.base.layer3[0].conv1.weight.data = m.base.layer3[0].conv1.weight.data * 0.5
+
+
+def _new_parameter(m):
+    m.base.layer1[2].conv2.weight = torch.nn.Parameter(torch.randn_like(m.base.layer1[2].conv2.weight) * 0.1)
+
+
+def _prune(m):
+    torch.nn.utils.prune.l1_unstructured(m.base.layer2[0].conv2, 'weight', amount=0.7)
+
+
+def _policy_img_size(m):
+    m.policy_img_size = 8
+
+
+def _in_place(m):
+    m.base.layer3[0].conv1.weight.mul_(0.5)
+
+
+@pytest.mark.parametrize('edit', [_bn_eps, _p_data, _new_parameter, _prune, _in_place, _policy_img_size])
+def test_no_cache_edits_after_fusing_reach_the_model_not_the_copy(r32, cifar_test_slice, edit):
+    """Issue 13 item 1: m(x) has no engine to go stale. After a first eval call and a fuse(), every kind of edit of
+    the original (the ones the old cached engine missed) shows in m(x); the fused copy keeps what it was made of."""
+    import torch.nn.utils.prune  # noqa: F401  (registers torch.nn.utils.prune)
+    m = copy.deepcopy(r32).eval()
+    x = cifar_test_slice[0][:8]
+    with torch.no_grad():
+        if edit is _policy_img_size:
+            torch.nn.init.normal_(m.policy.fc.weight, std=1.0)  # a policy that depends on the image
+        else:
+            torch.nn.init.normal_(m.policy.fc.bias, mean=3.0)  # every block kept: each edit shows in the logits
+        before = m(x)
+        fused = m.fuse()
+        fused_before = fused(x)
+        edit(m)
+        after = m(x)
+        keep = m.default_policy(x)
+        reference = m.forward_with_policy(x, keep, mode='masked')  # the modules, no routing, no fusion
+        assert not torch.allclose(before, after, atol=1e-3)
+        assert torch.allclose(after, reference, rtol=1e-5, atol=1e-5)
+        assert torch.equal(fused(x), fused_before)
+
+
+def test_a_fused_copy_is_frozen(r32):
+    fused = r32.fuse()
+    assert not any(p.requires_grad for p in fused.parameters()) and not fused.training
+    with pytest.raises(RuntimeError, match='inference-only'):
+        fused.train()
+    with pytest.raises(RuntimeError, match='move the model first'):
+        fused.to(torch.float64)
+    assert r32.fuse().model is not r32 and not hasattr(r32, '_engine')
+
+
+NONFINITE = {
+    'model': lambda m, f, x, keep: m(x),
+    'model routed': lambda m, f, x, keep: m.forward_with_policy(x, keep),
+    'model masked': lambda m, f, x, keep: m.forward_with_policy(x, keep, mode='masked'),
+    'model routed, autograd on': lambda m, f, x, keep: torch.enable_grad()(m.forward_with_policy)(x, keep, 'routed'),
+    'fused': lambda m, f, x, keep: f(x),
+    'fused routed': lambda m, f, x, keep: f.forward_with_policy(x, keep),
+    'fused full': lambda m, f, x, keep: f.forward_full(x),
+}
+
+
+@pytest.mark.parametrize('path', NONFINITE)
+@pytest.mark.parametrize('bad', [float('nan'), float('inf')])
+def test_nonfinite_rows_stay_nonfinite(r32, cifar_test_slice, path, bad):
+    """Issue 13 item 2: an image with one NaN or Inf pixel gets non-finite logits (as plain timm), the other rows not.
+
+    The pixel sits at an odd position and its row drops every block, so a strided shortcut could skip it; the fused
+    ReLU maps NaN to 0."""
+    m = copy.deepcopy(r32).eval()
+    fused = m.fuse()
+    x = cifar_test_slice[0][:4].clone()
+    x[1, 0, 5, 7] = bad
+    x[2, 2, 31, 31] = bad
+    keep = torch.ones(4, m.num_blocks)
+    keep[1] = 0
+    with torch.no_grad():
+        out = NONFINITE[path](m, fused, x, keep)
+    finite = torch.isfinite(out).all(1)
+    assert finite.tolist() == [True, False, False, True], path
 
 
 def test_unfusable_blocks_fall_back_to_their_modules():
     m = timm_blockdrop.wrap(timm.create_model('seresnet18')).eval()
-    engine = m.inference_engine()
-    assert all(b.fused is None for b in engine.base.blocks)  # squeeze-excite: not fused, still routed
+    engine = m.fuse()
+    assert all(b.fused is None for b in engine.kernels())  # squeeze-excite: not fused, still routed
     x = torch.randn(3, 3, 64, 64)
     keep = _policies(3, m.num_blocks, 2)[-1]
     with torch.no_grad():
-        assert torch.allclose(m.forward_with_policy(x, keep), m.forward_with_policy(x, keep, mode='masked'),
+        assert torch.allclose(engine.forward_with_policy(x, keep), m.forward_with_policy(x, keep, mode='masked'),
                               atol=1e-5)
-    assert isinstance(engine.base.blocks[0], FastBlock)
+    assert isinstance(engine.kernels()[0], FusedBlock)
 
 
 def test_bench_end_to_end_writes_json(tmp_path, capsys):
@@ -172,12 +252,11 @@ def test_bench_train_writes_throughputs(tmp_path):
     assert r['finetune_ratio'] == pytest.approx(r['finetune_ips'] / r['plain_ips'])
 
 
-def test_model_with_engine_copies_and_pickles(tmp_path):
-    import copy
-    m = timm.create_model('blockdrop_cifar_resnet20').eval()
+def test_fused_copy_copies_and_pickles(tmp_path):
+    m = timm.create_model('blockdrop_cifar_resnet20').eval().fuse()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        ref = m(x)  # builds the engine (packed oneDNN weights)
+        ref = m(x)  # packs the oneDNN weights
     c = copy.deepcopy(m)
     torch.save(m, tmp_path / 'm.pt')
     loaded = torch.load(tmp_path / 'm.pt', weights_only=False)

@@ -6,6 +6,10 @@ Paper Sec. 3: the policy network f_pn looks at the image once and outputs s = si
 straight-through gradient so the model trains end to end like any timm model. REINFORCE training
 (recipes) uses ``policy_probs`` and ``forward_with_policy`` directly.
 
+Every forward runs the model's own modules (routed in eval mode, ``routing.py``); nothing is cached. Fusion for
+CPU inference is explicit and returns a frozen copy: ``model.fuse()`` (``fused.py``), which
+``timm.utils.reparameterize_model`` also calls on a BlockDrop model held inside another module.
+
 The base ResNet's blocks are one flat list of K blocks in order (``layer1.0`` ... ``layer4.2``); column k of
 every (B, K) policy refers to block k, as do the FLOPs table and the plots.
 """
@@ -20,11 +24,11 @@ from timm.models._features import feature_take_indices
 from ..errors import CheckpointError, UnsupportedModelError
 from .checkpoints import build_with_clear_errors, check_state_dict_fits
 from .flops import BlockFlops, block_flops_table, count_flops, frozen_eval
-from .fused import InferenceEngine
-from .routing import Routing, masked_block, residual_stages, routed_block
+from .fused import FusedBlockDrop
+from .routing import BlockKernels, Routing, keep_nonfinite, residual_stages, run_blocks
 from .policies import check_alpha, check_threshold, greedy, straight_through
 from .cifar_resnet import CifarResNet
-from .policy_net import policy_input
+from .policy_net import keep_probabilities
 from .pretrained_cfgs import PAPER_ID, blockdrop_pretrained_cfgs
 
 __all__ = ['BlockDropResNet', 'wrap', 'UnsupportedModelError', 'SUPPORTED_BASES']
@@ -47,10 +51,6 @@ def _check_supported(base: nn.Module) -> None:
         f'timm_blockdrop CifarResNet (cifar_resnet*). Got {type(base).__module__}.{type(base).__name__} '
         f"('{arch}')."
     )
-
-
-def _drop_engine(module: 'BlockDropResNet', incompatible_keys) -> None:
-    module._engine = None  # weights were loaded: rebuild the inference engine on the next eval call
 
 
 def _prefix_pattern(pattern: str, prefix: str) -> str:
@@ -92,9 +92,6 @@ class BlockDropResNet(nn.Module):
         self.alpha = check_alpha(alpha)
         self._threshold = check_threshold(threshold)
         self.grad_checkpointing = False
-        self.fast_inference = True  # eval + no autograd: fused, routed InferenceEngine (timm_blockdrop.models.fused)
-        self._engine: Optional[InferenceEngine] = None
-        self.register_load_state_dict_post_hook(_drop_engine)
         self._flops_cache: Dict[Tuple[int, int], Tuple[BlockFlops, int]] = {}
         if base is None:
             if not is_model(base_model):
@@ -193,40 +190,41 @@ class BlockDropResNet(nn.Module):
         self._flops_cache.clear()
         return take_indices
 
-    def _apply(self, fn, *args, **kwargs):
-        self._engine = None  # parameters may be replaced (.to(), .half()): rebuild the inference engine
-        return super()._apply(fn, *args, **kwargs)
+    @torch.no_grad()
+    def fuse(self) -> FusedBlockDrop:
+        """A frozen, fused inference copy of this model as it is now (``fused.py``); this model is left unchanged.
 
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state['_engine'] = None  # oneDNN-packed weights cannot be copied or pickled; the engine is rebuilt on use
-        return state
+        timm's reparameterization protocol: ``timm.utils.reparameterize_model`` replaces a BlockDrop model held in
+        another module by ``fuse()``'s result. Fuse again after editing, training or moving the model.
+        """
+        return FusedBlockDrop(self)
 
-    def train(self, mode: bool = True):
-        self._engine = None  # weights and BN statistics change in training: rebuild on the next eval call
-        return super().train(mode)
+    def kernels(self) -> List[BlockKernels]:
+        """The K blocks as ``routing.BlockKernels`` (their own modules), in order."""
+        return [BlockKernels(b) for b in self.blocks]
 
-    def inference_engine(self) -> InferenceEngine:
-        """The fused, routed inference copy of this model, rebuilt whenever a weight changed."""
-        if self._engine is None or self._engine.is_stale():
-            with torch.no_grad():
-                self._engine = InferenceEngine(self)
-        return self._engine
-
-    def _fast(self, mode: Optional[str]) -> bool:
-        return (self.fast_inference and not self.training and not torch.is_grad_enabled()
-                and mode in (None, 'auto', 'routed'))
+    def check_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Refuse anything but a (B, C, H, W) image batch with a sentence, before torch fails deep inside."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f'the input must be a torch.Tensor of shape (B, {self.in_chans}, H, W), got '
+                            f'{type(x).__name__}')
+        if x.dim() != 4:
+            hint = ' (one image? add the batch dimension: x.unsqueeze(0))' if x.dim() == 3 else ''
+            raise ValueError(f'the input must be a batch of images of shape (B, {self.in_chans}, H, W), got shape '
+                             f'{tuple(x.shape)}{hint}')
+        if x.shape[1] != self.in_chans:
+            raise ValueError(f'the input has {x.shape[1]} channels, the model expects {self.in_chans} '
+                             f'(shape (B, {self.in_chans}, H, W)), got shape {tuple(x.shape)}')
+        return x
 
     # ---- policy ----
 
     def policy_probs(self, x: torch.Tensor) -> torch.Tensor:
         """s = sigmoid(f_pn(x)), the (B, K) keep probabilities (Eq. 2)."""
-        return torch.sigmoid(self.policy(policy_input(x, self.policy_img_size)))
+        return keep_probabilities(self.policy, self.check_input(x), self.policy_img_size)
 
     def default_policy(self, x: torch.Tensor) -> torch.Tensor:
         """Train mode: a sampled policy with straight-through gradient; eval: greedy at ``threshold``."""
-        if self._fast(None):
-            return greedy(self.inference_engine().policy_probs(x), self.threshold)
         probs = self.policy_probs(x)
         if self.training:
             return straight_through(probs, self.alpha)
@@ -265,15 +263,6 @@ class BlockDropResNet(nn.Module):
             raise ValueError(f"mode must be 'auto', 'masked' or 'routed', got {mode!r}")
         return mode == 'routed'
 
-    def _run_blocks(self, x: torch.Tensor, keep: torch.Tensor, routing: Optional[Routing], start: int, end: int):
-        blocks = self.blocks
-        for k in range(start, end):
-            if routing is not None:
-                x = routed_block(blocks[k], x, routing[k])
-            else:
-                x = masked_block(blocks[k], x, keep[:, k], self.grad_checkpointing)
-        return x
-
     def _gated(
             self,
             x: torch.Tensor,
@@ -285,6 +274,8 @@ class BlockDropResNet(nn.Module):
         """Stem, then the K blocks under ``keep``; collects stage outputs listed in ``take_indices``."""
         routing = Routing(keep, device=x.device) if self._use_routing(keep, mode) else None
         intermediates = []
+        kernels = self.kernels()
+        images = x
         x = self._stem(x)
         if take_indices is not None and 0 in take_indices:
             intermediates.append(x)
@@ -292,15 +283,17 @@ class BlockDropResNet(nn.Module):
         start = 0
         sizes = self.stage_sizes if max_index is None else self.stage_sizes[:max_index]
         for feat_idx, size in enumerate(sizes, start=1):
-            x = self._run_blocks(x, keep, routing, start, start + size)
+            # the stem's output is ours to route into in place, unless a stage output is handed out
+            x = run_blocks(kernels, x, keep, routing, start, start + size, self.grad_checkpointing,
+                           owned=take_indices is None)
             start += size
             if take_indices is not None and feat_idx in take_indices:
                 intermediates.append(x)
-        return x, intermediates
+        return keep_nonfinite(images, x), intermediates
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         """The base's stem (conv, norm, act, pool): the input of block 0."""
-        return self._maxpool(self._stem(x))
+        return self._maxpool(self._stem(self.check_input(x)))
 
     def forward_blocks(
             self, x: torch.Tensor, keep: torch.Tensor, start: int = 0, end: Optional[int] = None,
@@ -316,20 +309,17 @@ class BlockDropResNet(nn.Module):
             raise ValueError(f'blocks {start}..{end} are outside 0..{self.num_blocks}')
         keep = self.check_keep(keep, x.shape[0])
         routing = Routing(keep, device=x.device) if self._use_routing(keep, mode) else None
-        return self._run_blocks(x, keep, routing, start, end)
+        return run_blocks(self.kernels(), x, keep, routing, start, end, self.grad_checkpointing)
 
     def forward_features_with_policy(self, x: torch.Tensor, keep: torch.Tensor, mode: Optional[str] = None):
-        return self._gated(x, self.check_keep(keep, x.shape[0]), mode)[0]
+        return self._gated(self.check_input(x), self.check_keep(keep, x.shape[0]), mode)[0]
 
     def forward_with_policy(self, x: torch.Tensor, keep: torch.Tensor, mode: Optional[str] = None) -> torch.Tensor:
         """Logits of the ResNet run with an explicit (B, K) 0/1 policy ``keep`` (no policy network).
 
         ``mode``: 'masked' (every block on the whole batch, mixed by keep; differentiable), 'routed' (each
         block only on the rows that keep it) or None/'auto' (routed in eval mode, masked in train mode). In
-        eval mode without autograd, routed runs on the fused ``inference_engine``.
         """
-        if self._fast(mode):
-            return self.inference_engine().routed(x, self.check_keep(keep, x.shape[0]))
         return self.forward_head(self.forward_features_with_policy(x, keep, mode))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -339,10 +329,6 @@ class BlockDropResNet(nn.Module):
         return self.base.forward_head(x, pre_logits=pre_logits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._fast(None):
-            engine = self.inference_engine()
-            x = engine.prepare(x)
-            return engine.routed(x, greedy(engine.policy_probs(x), self.threshold))
         return self.forward_head(self.forward_features(x))
 
     def forward_intermediates(
@@ -358,6 +344,7 @@ class BlockDropResNet(nn.Module):
         """Stem and stage outputs of the gated network (policy from the network unless ``keep`` is given)."""
         assert output_fmt in ('NCHW',), 'Output shape must be NCHW.'
         take_indices, max_index = feature_take_indices(len(self.stage_sizes) + 1, indices)
+        self.check_input(x)
         keep = self.default_policy(x) if keep is None else self.check_keep(keep, x.shape[0])
         x, intermediates = self._gated(x, keep, None, take_indices, max_index if stop_early else None)
         return intermediates if intermediates_only else (x, intermediates)

@@ -1,35 +1,39 @@
-"""Fast inference for BlockDrop on CPU: fused convolutions and per-sample routing without waste.
+"""Fused inference for BlockDrop on CPU: a frozen copy of a model, with folded convolutions, routed the same way.
 
 Paper Sec. 3.2 promises that only the kept blocks are evaluated; this module makes that true in wall-clock
-time, at batch 1 and in batches. It builds, from a ``BlockDropResNet`` in eval mode, an inference-only copy
-of its parts (``InferenceEngine``):
+time, at batch 1 and in batches. Fusion is explicit, as for timm's reparameterizable models (RepVGG, MobileOne):
+``BlockDropResNet.fuse()`` returns a ``FusedBlockDrop``, a frozen inference-only copy taken from the model's
+weights at that moment (``timm.utils.reparameterize_model`` calls ``fuse()`` on a BlockDrop model held inside
+another module). The model itself never caches anything: plain ``model(x)`` always runs its own modules.
 
-- every conv + BatchNorm (+ ReLU) pair folded into one oneDNN convolution
-  (``torch.ops.mkldnn._convolution_pointwise``), the second conv of a block fused with the residual add and
-  ReLU; weights in channels_last, activations in channels_last. This also avoids PyTorch's slow im2col
-  fallback that small convolutions take at batch 1.
-- routing without waste: a block kept by only some samples gathers those rows (a row of an NHWC tensor is
-  one contiguous slice, so this is a plain memory copy), runs on them and writes them back in place; the
-  other rows are not touched (identity shortcut) or take the downsample. Blocks kept by all rows run on the
-  batch as it is, blocks dropped by all rows are never executed.
+What the copy changes is only the kernels each block calls (``routing.BlockKernels``); which rows run which
+block is ``routing.py``'s, shared with the model:
 
-The same engine runs the plain network (``full``), so the speed-up measured against it is the speed-up of
-dropping blocks, not of the fusion. Blocks with parts the fusion does not cover (squeeze-excite, attention,
-anti-aliasing) run as their own modules, still routed. On other devices than the CPU the engine runs the
-model's own modules (channels_last), still routed.
+- every conv + BatchNorm (+ ReLU) pair folded (``torch.nn.utils.fusion.fuse_conv_bn_weights``) into one oneDNN
+  convolution (``torch.ops.mkldnn._convolution_pointwise``), the second conv of a block fused with the residual
+  add and ReLU; weights and activations in channels_last. This also avoids PyTorch's slow im2col fallback that
+  small convolutions take at batch 1.
+- rows are gathered and written back as plain memory copies (a row of an NHWC tensor is one contiguous slice).
+
+``forward_full`` runs the plain network on the same kernels, so the speed-up measured against it is the speed-up
+of dropping blocks, not of the fusion. Blocks with parts the fusion does not cover (squeeze-excite, attention,
+anti-aliasing) run as their own modules, still routed. On other devices than the CPU, or in other dtypes, the
+copy runs the model's own modules (channels_last), still routed.
 """
-from operator import attrgetter
+import copy
 from typing import Callable, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.models.resnet import BasicBlock, Bottleneck
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-from .routing import Routing, residual_stages, shortcut
-from .policy_net import policy_input
+from .policies import greedy
+from .policy_net import keep_probabilities
+from .routing import BlockKernels, Routing, keep_nonfinite, residual_stages, run_blocks
 
-__all__ = ['InferenceEngine', 'fusion_available', 'tune_cpu_allocator']
+__all__ = ['FusedBlockDrop', 'FusedConv', 'FusedBlock', 'fusion_available', 'tune_cpu_allocator']
 
 _conv_op = getattr(torch.ops.mkldnn, '_convolution_pointwise', None)
 
@@ -66,24 +70,30 @@ class FusedConv:
 
     def __init__(self, conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d], relu: bool):
         w = conv.weight.detach().float()
-        b = conv.bias.detach().float() if conv.bias is not None else torch.zeros(w.shape[0])
+        b = conv.bias.detach().float() if conv.bias is not None else None
         if bn is not None:
-            scale = bn.weight.detach().float() / torch.sqrt(bn.running_var.float() + bn.eps)
-            b = bn.bias.detach().float() + (b - bn.running_mean.float()) * scale
-            w = w * scale.view(-1, 1, 1, 1)
-        self.weight = w.contiguous(memory_format=torch.channels_last)
-        self.bias = b.contiguous()
+            w, b = fuse_conv_bn_weights(
+                w, b, bn.running_mean.float(), bn.running_var.float(), bn.eps,
+                None if bn.weight is None else bn.weight.detach().float(),
+                None if bn.bias is None else bn.bias.detach().float())
+        b = torch.zeros(w.shape[0]) if b is None else b
+        self.weight = w.detach().contiguous(memory_format=torch.channels_last)
+        self.bias = b.detach().contiguous()
         self.args = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
         self.relu = relu
         self.attr = 'relu' if relu else 'none'
         # a stem conv on a few RGB images is faster through ATen's direct kernel than through oneDNN
         self.few_channels = w.shape[1] <= 4 and conv.groups == 1
-
         self._packed = {}
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state['_packed'] = {}  # oneDNN-packed weights cannot be copied or pickled; they are made again on use
+        return state
 
     def packed(self, x: torch.Tensor) -> torch.Tensor:
         """The weight pre-reordered into oneDNN's blocked layout for this input size (25 % faster at batch 1,
-        neutral at larger batches), made once per spatial size."""
+        neutral at larger batches), made once per spatial size from this frozen copy's own weight."""
         size = x.shape[-2:]
         w = self._packed.get(size)
         if w is None:
@@ -145,40 +155,39 @@ class _Sequence:
         return x
 
 
-class FastBlock:
-    """A residual block for inference: ``full(x)`` runs it, ``shortcut(x)`` is what dropping it gives."""
+_PLAIN_PARTS = ('drop_block', 'aa', 'se', 'drop_path')
+
+
+def _plain(block: nn.Module, n_convs: int) -> bool:
+    return (all(_is_identity(getattr(block, n, None)) for n in _PLAIN_PARTS)
+            and all(isinstance(getattr(block, f'act{i}'), nn.ReLU) for i in range(1, n_convs + 1))
+            and all(isinstance(getattr(block, f'bn{i}'), nn.BatchNorm2d) for i in range(1, n_convs + 1)))
+
+
+class FusedBlock(BlockKernels):
+    """A residual block's kernels with conv + BN (+ ReLU) folded; its own modules where the fusion does not apply."""
 
     def __init__(self, block: nn.Module, fuse: bool):
-        self.module = block
-        self.identity = getattr(block, 'downsample', None) is None
-        self.fused = None
+        super().__init__(block)
+        self.fused = self._fuse(block) if fuse else None
         self.down = None
-        if fuse:
-            self.fused = self._fuse(block)
-            if not self.identity:
-                parts = _fuse_sequence(_flatten(block.downsample))
-                self.down = _Sequence(parts) if parts is not None else block.downsample
+        if fuse and not self.identity:
+            parts = _fuse_sequence(_flatten(block.downsample))
+            self.down = _Sequence(parts) if parts is not None else None
 
     @staticmethod
     def _fuse(block: nn.Module):
-        plain_basic = isinstance(block, BasicBlock) and all(_is_identity(getattr(block, n, None)) for n in (
-            'drop_block', 'aa', 'se', 'drop_path')) and isinstance(block.act1, nn.ReLU) and isinstance(
-            block.act2, nn.ReLU) and isinstance(block.bn1, nn.BatchNorm2d) and isinstance(block.bn2, nn.BatchNorm2d)
-        if plain_basic:
+        if isinstance(block, BasicBlock) and _plain(block, 2):
             return [FusedConv(block.conv1, block.bn1, True), FusedConv(block.conv2, block.bn2, False)]
-        plain_bottleneck = isinstance(block, Bottleneck) and all(_is_identity(getattr(block, n, None)) for n in (
-            'drop_block', 'aa', 'se', 'drop_path')) and all(isinstance(getattr(block, f'act{i}'), nn.ReLU)
-                                                          for i in (1, 2, 3)) and all(
-            isinstance(getattr(block, f'bn{i}'), nn.BatchNorm2d) for i in (1, 2, 3))
-        if plain_bottleneck:
+        if isinstance(block, Bottleneck) and _plain(block, 3):
             return [FusedConv(block.conv1, block.bn1, True), FusedConv(block.conv2, block.bn2, True),
                     FusedConv(block.conv3, block.bn3, False)]
         return None
 
     def shortcut(self, x: torch.Tensor) -> torch.Tensor:
-        if self.identity:
-            return x
-        return self.down(x) if self.down is not None else shortcut(self.module, x)
+        if self.down is not None:
+            return self.down(x)
+        return super().shortcut(x)
 
     def full(self, x: torch.Tensor) -> torch.Tensor:
         if self.fused is None:
@@ -189,108 +198,102 @@ class FastBlock:
         return self.fused[-1].add_relu(h, self.shortcut(x))
 
 
-def _rows(x: torch.Tensor) -> torch.Tensor:
-    """(N, C, H, W) channels_last tensor as an (N, row) matrix view: row n is sample n, one contiguous slice.
-
-    The row is viewed as 16-byte elements where its size allows: PyTorch's row gather/scatter kernels cost
-    per element, so copying the same bytes as complex128 is about 3x faster than as float32 (bit-exact).
-    """
-    flat = x.permute(0, 2, 3, 1).reshape(x.shape[0], -1)
-    if (flat.shape[1] * flat.element_size()) % 16 == 0:
-        return flat.view(torch.complex128)
-    return flat
-
-
-def _gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    if not x.is_contiguous(memory_format=torch.channels_last):
-        return x.index_select(0, idx)
-    n, c, h, w = x.shape
-    return _rows(x).index_select(0, idx).view(x.dtype).view(len(idx), h, w, c).permute(0, 3, 1, 2)
-
-
-def _scatter_(out: torch.Tensor, idx: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    if out.is_contiguous(memory_format=torch.channels_last) and rows.is_contiguous(memory_format=torch.channels_last):
-        _rows(out).index_copy_(0, idx, _rows(rows))
-    else:
-        out.index_copy_(0, idx, rows)
-    return out
-
-
-class _ResNetParts:
-    """Stem, blocks and head of a (CIFAR or timm) ResNet, fused for inference where possible."""
+class _FusedNet:
+    """Stem and block kernels of a (CIFAR or timm) ResNet, fused where possible."""
 
     def __init__(self, net: nn.Module, blocks: Sequence[nn.Module], fuse: bool):
         self.net = net
         stem = _fuse_sequence(_flatten(net.conv1, net.bn1, net.act1)) if fuse else None
         self.stem = _Sequence(stem) if stem is not None else (lambda x: net.act1(net.bn1(net.conv1(x))))
         self.pool = getattr(net, 'maxpool', None)
-        self.blocks = [FastBlock(b, fuse) for b in blocks]
+        self.blocks = [FusedBlock(b, fuse) for b in blocks]
 
     def features_in(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
+        x = self.stem(x.contiguous(memory_format=torch.channels_last))
         return self.pool(x) if self.pool is not None else x
 
 
-class InferenceEngine:
-    """Inference-only copy of a BlockDropResNet's computation (eval mode, no autograd)."""
+class FusedBlockDrop(nn.Module):
+    """A frozen, fused, inference-only copy of a BlockDropResNet (made by ``BlockDropResNet.fuse()``).
+
+    It answers ``forward`` (greedy policy), ``forward_with_policy``, ``policy_probs``, ``default_policy``,
+    ``forward_full`` (every block, no policy) and ``flops``, with the numbers of the model it was made from
+    (fp32 rounding apart). It holds its own copy of the weights: later edits of the original model do not reach it
+    (fuse again), and it cannot be trained or moved (fuse the model after moving it).
+    """
 
     def __init__(self, model: nn.Module):
+        super().__init__()
+        model = copy.deepcopy(model).eval().requires_grad_(False)
         p = next(model.parameters())
-        self.device, self.dtype = p.device, p.dtype
-        fuse = self.device.type == 'cpu' and self.dtype == torch.float32 and fusion_available()
+        fuse = p.device.type == 'cpu' and p.dtype == torch.float32 and fusion_available()
         self.fused = fuse
-        self.base = _ResNetParts(model.base, model.blocks, fuse)
-        policy = model.policy
-        self.policy = _ResNetParts(policy, [b for s in residual_stages(policy) for b in s], fuse)
+        self.model = model
+        self.threshold = model.threshold
+        self.num_blocks = model.num_blocks
         self.policy_img_size = model.policy_img_size
-        self.forward_head = model.forward_head
-        # every tensor the engine copied from: parameters and BN running statistics
-        self._tensors = list(model.parameters()) + [
-            b for n, b in model.named_buffers() if not n.endswith('num_batches_tracked')]
-        self.version = self._version()
+        self.pretrained_cfg = model.pretrained_cfg
+        self._base = _FusedNet(model.base, model.blocks, fuse)
+        policy = model.policy
+        self._policy = _FusedNet(policy, [b for s in residual_stages(policy) for b in s], fuse)
+        self.eval()
 
-    def _version(self) -> int:
-        return sum(map(_get_version, self._tensors))
+    # a frozen copy: the fused kernels were made from the weights as they were
+    def train(self, mode: bool = True):
+        if mode:
+            raise RuntimeError('a fused BlockDrop model is inference-only: train the model it was made from '
+                               'and call fuse() on it again')
+        return super().train(False)
 
-    def is_stale(self) -> bool:
-        """True once a parameter or buffer was modified in place (optimizer step, load_state_dict, init)."""
-        return self._version() != self.version
+    def _apply(self, fn, *args, **kwargs):
+        raise RuntimeError('a fused BlockDrop model cannot be moved or cast: move the model first (.to(...)) '
+                           'and call fuse() on it then')
 
-    def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        """The input in channels_last (a no-op when it already is: pass the result to both passes)."""
-        return x.contiguous(memory_format=torch.channels_last)
+    def kernels(self) -> List[FusedBlock]:
+        return self._base.blocks
+
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self._base.features_in(x)
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_head(x)
+
+    def _policy_logits(self, x: torch.Tensor) -> torch.Tensor:
+        h = self._policy.features_in(x)
+        for block in self._policy.blocks:
+            h = block.full(h)
+        return self._policy.net.forward_head(h)
 
     def policy_probs(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.policy.features_in(self.prepare(policy_input(self.prepare(x), self.policy_img_size)))
-        for block in self.policy.blocks:
-            h = block.full(h)
-        return torch.sigmoid(self.policy.net.forward_head(h))
+        """s = sigmoid(f_pn(x)) (Eq. 2), NaN for rows whose input is not finite."""
+        return keep_nonfinite(x, keep_probabilities(self._policy_logits, x, self.policy_img_size))
 
-    def full(self, x: torch.Tensor) -> torch.Tensor:
+    def default_policy(self, x: torch.Tensor) -> torch.Tensor:
+        """The greedy policy at ``threshold``."""
+        return greedy(self.policy_probs(x), self.threshold)
+
+    def check_keep(self, keep: torch.Tensor, batch: Optional[int] = None) -> torch.Tensor:
+        return self.model.check_keep(keep, batch)
+
+    def forward_with_policy(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """Logits under an explicit (B, K) policy: each block runs only on the rows that keep it."""
+        self.model.check_input(x)
+        keep = self.check_keep(keep, x.shape[0])
+        h = run_blocks(self._base.blocks, self.forward_stem(x), keep, Routing(keep, device=x.device), owned=True)
+        return keep_nonfinite(x, self.forward_head(h))
+
+    def forward_full(self, x: torch.Tensor) -> torch.Tensor:
         """The plain network, every block kept, no policy: the baseline the routed path is held to."""
-        h = self.base.features_in(self.prepare(x))
-        for block in self.base.blocks:
+        self.model.check_input(x)
+        h = self.forward_stem(x)
+        for block in self._base.blocks:
             h = block.full(h)
-        return self.forward_head(h)
+        return keep_nonfinite(x, self.forward_head(h))
 
-    def routed(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """Logits under ``keep``: each block runs only on the rows that keep it."""
-        routing = Routing(keep, device=x.device)
-        h = self.base.features_in(self.prepare(x))  # a buffer of ours: rows may be updated in place
-        for block, route in zip(self.base.blocks, routing.plan):
-            if isinstance(route, str):
-                h = block.full(h) if route == 'all' else block.shortcut(h)
-                continue
-            kept, dropped = route
-            y = block.full(_gather(h, kept))
-            if block.identity:
-                h = _scatter_(h, kept, y)
-            else:
-                out = block.shortcut(_gather(h, dropped))
-                merged = torch.empty((h.shape[0], *y.shape[1:]), dtype=y.dtype, device=y.device,
-                                     memory_format=torch.channels_last)
-                h = _scatter_(_scatter_(merged, kept, y), dropped, out)
-        return self.forward_head(h)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.model.check_input(x)
+        x = x.contiguous(memory_format=torch.channels_last)  # once, for both passes
+        return self.forward_with_policy(x, self.default_policy(x))
 
-
-_get_version = attrgetter('_version')
+    def flops(self, keep: torch.Tensor, include_policy: bool = True, img_size=None) -> torch.Tensor:
+        return self.model.flops(keep, include_policy, img_size)

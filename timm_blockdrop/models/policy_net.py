@@ -2,10 +2,10 @@
 
 ``policy_resnet8``: CIFAR ResNet-8 (one BasicBlock per stage, 16/32/64 channels) on the 32 px image.
 ``policy_resnet10``: ResNet-10 (one BasicBlock per stage, 64..512 channels, 7x7 stem) that BlockDrop runs on
-the image downsampled to 112 px. Their ``num_classes`` is the number of blocks K; ``BlockDropResNet``
+the image downsampled to 112 px. Their ``num_classes`` is the number of blocks K; ``keep_probabilities``
 applies the sigmoid. Registered as timm models so another policy is a config change (``policy_model``).
 """
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +24,13 @@ def policy_input(x: torch.Tensor, size: Optional[int]) -> torch.Tensor:
     if size is not None and tuple(x.shape[-2:]) != (size, size):
         x = F.adaptive_avg_pool2d(x, size)
     return x
+
+
+def keep_probabilities(policy: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                       size: Optional[int]) -> torch.Tensor:
+    """s = sigmoid(f_pn(x)), the (B, K) keep probabilities of Eq. 2, with f_pn = ``policy`` run on ``policy_input``
+    (the model's own policy network, or its fused copy)."""
+    return torch.sigmoid(policy(policy_input(x, size)))
 
 
 def _cfg(**kwargs) -> Dict[str, Any]:

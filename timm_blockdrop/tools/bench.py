@@ -86,7 +86,7 @@ def bench_inference(
     size = image_size or model.pretrained_cfg['input_size'][-1]
     results = []
     with torch.inference_mode():
-        engine = model.inference_engine()
+        fused = model.fuse()  # explicit: the frozen, fused inference copy
         table, policy_flops = model.flops_table((size, size))
         for batch in batch_sizes:
             g = torch.Generator().manual_seed(seed)
@@ -102,16 +102,16 @@ def bench_inference(
 
             def routed(i):
                 x = xs[i % n_sets]
-                probs = engine.policy_probs(x)
+                probs = fused.policy_probs(x)
                 keep = keeps[i % n_sets] if policy == 'random' else (probs >= model.threshold)
-                return engine.routed(x, keep)
+                return fused.forward_with_policy(x, keep)
 
             variants = {
                 'full_timm': lambda i: base(xs[i % n_sets]),
-                'full_fast': lambda i: engine.full(xs[i % n_sets]),
+                'full_fast': lambda i: fused.forward_full(xs[i % n_sets]),
                 'masked': lambda i: model.forward_with_policy(xs[i % n_sets], keeps[i % n_sets], mode='masked'),
                 'routed': routed,
-                'policy': lambda i: engine.policy_probs(xs[i % n_sets]),
+                'policy': lambda i: fused.policy_probs(xs[i % n_sets]),
             }
             times = _interleaved(variants, repeats, min_seconds, n_sets)
             s = {name: _summary(t, batch) for name, t in times.items()}

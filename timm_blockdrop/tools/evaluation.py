@@ -58,20 +58,20 @@ def evaluate_policy(
     timed = {'blockdrop': [0.0, 0]}  # variant -> [seconds, images], batches after the first
     if compare_full:
         timed['full_timm'] = [0.0, 0]
-        if model.fast_inference and torch.device(device).type == 'cpu':
+        if torch.device(device).type == 'cpu':
             timed['full_fast'] = [0.0, 0]
     img_size = None
+    fused = model.fuse()  # explicit: a frozen, fused inference copy of the model as it is now
 
     def blockdrop(images):
         if policy == 'learned':
-            keep = model.default_policy(images)
+            keep = fused.default_policy(images)
         else:
             keep = heuristic_policy(policy, images.shape[0], model.num_blocks, blocks, model.stage_sizes,
                                     generator).to(device)
-        return keep, model.forward_with_policy(images, keep).argmax(dim=1).cpu()
+        return keep, fused.forward_with_policy(images, keep).argmax(dim=1).cpu()
 
-    variants = {'blockdrop': blockdrop, 'full_timm': model.base,
-                'full_fast': lambda images: model.inference_engine().full(images)}
+    variants = {'blockdrop': blockdrop, 'full_timm': model.base, 'full_fast': fused.forward_full}
 
     def run_variants(images, timing: bool):
         """Every timed variant on ``images`` in turn (seconds added where ``timing``); BlockDrop's (keep, preds)."""

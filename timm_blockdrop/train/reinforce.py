@@ -7,7 +7,7 @@ ResNet under u and under the greedy policy u~ (s >= 0.5, the self-critical basel
 - ``CurriculumStep`` (stage 1): the ResNet is frozen (eval mode, inference mode) and only the policy learns; at
   epoch t the first blocks are forced on in u and u~ (``curriculum.py``) and only the decided blocks enter the
   loss. Both ResNet passes run as one routed pass that computes the rows of u and u~ once for as long as the two
-  policies agree (``paired_logits``), so the forced prefix is always computed once.
+  policies agree (``models.routing.paired_logits``), so the forced prefix is always computed once.
 - ``FinetuneStep`` (stage 2): policy and ResNet learn together; the loss adds the cross-entropy of the ResNet
   under the sampled policy. The stem is shared by the sampled and the greedy pass.
 
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .curriculum import force_prefix
-from ..models.routing import Routing, routed_block
+from ..models.routing import paired_logits
 from ..models.policies import bounded, greedy, heuristic_policy
 from .reward import advantage, check_gamma, reward
 
@@ -120,42 +120,6 @@ def distill_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature
     log_p = F.log_softmax(logits.float() / t, dim=1)
     log_q = F.log_softmax(teacher_logits.detach().float() / t, dim=1)
     return F.kl_div(log_p, log_q, reduction='batchmean', log_target=True) * t * t
-
-
-def paired_logits(model, images: torch.Tensor, keep_a: torch.Tensor, keep_b: torch.Tensor):
-    """Logits of ``model`` under two (B, K) policies, each row computed once until the two policies differ.
-
-    Row i of both passes is the same computation up to the first block where ``keep_a[i]`` and ``keep_b[i]``
-    disagree (e.g. the curriculum's forced prefix); only from there on does row i of ``keep_b`` get activations of
-    its own. Blocks run routed (each on the rows that keep it). For no-grad passes with the ResNet in eval mode
-    (curriculum learning); in train mode BatchNorm statistics would depend on how the rows are batched.
-    """
-    a = keep_a.detach().to('cpu') != 0
-    b = keep_b.detach().to('cpu') != 0
-    if a.shape != b.shape or a.dim() != 2 or a.shape[1] != model.num_blocks:
-        raise ValueError(f'keep_a and keep_b must both have shape (B, K={model.num_blocks}), '
-                         f'got {tuple(a.shape)} and {tuple(b.shape)}')
-    batch, num_blocks = a.shape
-    differs = a != b
-    first = torch.where(differs.any(1), differs.int().argmax(1), torch.full((batch,), num_blocks))
-    h = model.forward_stem(images)
-    own_b = torch.empty(0, dtype=torch.long)  # rows of keep_b that have their own activations, in hb's order
-    hb = h[:0]
-    for k, block in enumerate(model.blocks):
-        new = (first == k).nonzero().flatten()
-        if new.numel():
-            hb = torch.cat([hb, h.index_select(0, new.to(h.device))])
-            own_b = torch.cat([own_b, new])
-        column = torch.cat([a[:, k], b[own_b, k]])
-        both = torch.cat([h, hb]) if own_b.numel() else h
-        both = routed_block(block, both, Routing(column[:, None], device=h.device)[0])
-        h, hb = both[:batch], both[batch:]
-    logits = model.forward_head(torch.cat([h, hb]) if own_b.numel() else h)
-    logits_a = logits[:batch]
-    logits_b = logits_a.clone()
-    if own_b.numel():
-        logits_b[own_b.to(logits.device)] = logits[batch:]
-    return logits_a, logits_b
 
 
 def _sampled_and_greedy(model, images: torch.Tensor, seeds: torch.Tensor):
