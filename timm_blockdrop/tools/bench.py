@@ -24,7 +24,7 @@ from ..models.fused import tune_cpu_allocator
 from ..models.loading import as_blockdrop, load_model
 from .train_bench import measure_train_throughput
 
-__all__ = ['bench_inference', 'add_bench_arguments', 'run_bench']
+__all__ = ['bench_inference', 'interleaved_times', 'ms_summary', 'add_bench_arguments', 'run_bench']
 
 
 def _time_calls(fn: Callable[[int], object], n_inner: int) -> float:
@@ -35,7 +35,7 @@ def _time_calls(fn: Callable[[int], object], n_inner: int) -> float:
     return (time.perf_counter() - start) / n_inner
 
 
-def _interleaved(
+def interleaved_times(
         variants: Dict[str, Callable[[int], object]], repeats: int, min_seconds: float, n_inputs: int,
 ) -> Dict[str, List[float]]:
     """Warm each variant up, then time them in turn ``repeats`` times; returns seconds per call.
@@ -56,7 +56,8 @@ def _interleaved(
     return times
 
 
-def _summary(seconds: List[float], batch: int) -> Dict[str, float]:
+def ms_summary(seconds: List[float], batch: float) -> Dict[str, float]:
+    """Milliseconds per image of each timing (seconds per call of ``batch`` images): median, quartiles, range."""
     ms = sorted(1000.0 * s / batch for s in seconds)
     q = statistics.quantiles(ms, n=4) if len(ms) > 1 else [ms[0]] * 3
     return dict(median=statistics.median(ms), p25=q[0], p75=q[2], min=ms[0], max=ms[-1])
@@ -113,8 +114,8 @@ def bench_inference(
                 'routed': routed,
                 'policy': lambda i: fused.policy_probs(xs[i % n_sets]),
             }
-            times = _interleaved(variants, repeats, min_seconds, n_sets)
-            s = {name: _summary(t, batch) for name, t in times.items()}
+            times = interleaved_times(variants, repeats, min_seconds, n_sets)
+            s = {name: ms_summary(t, batch) for name, t in times.items()}
             full_ms = min(s['full_timm']['median'], s['full_fast']['median'])
             ideal_ms = full_ms * flops_ratio
             results.append({

@@ -1,4 +1,4 @@
-"""``blockdrop`` console script: ``blockdrop eval | bench | publish``.
+"""``blockdrop`` console script: ``blockdrop eval | bench | publish | compare``.
 
 Thin: parse arguments, call library functions, print the report and write JSON. Errors the user can fix
 (bad names, paths, values) print one line and exit with status 2, without a traceback.
@@ -12,9 +12,9 @@ from typing import List, Optional
 
 import torch
 
-from . import bench, hub
+from . import bench, compare, hub
 from .evaluation import POLICIES, evaluate_policy, format_report
-from ..data import eval_transform, find_columns, load_split, make_loader, with_transform
+from ..data import check_labels, eval_transform, find_columns, load_split, make_loader, with_transform
 from ..errors import USER_ERRORS
 from ..models.blockdrop import BlockDropResNet
 from ..models.loading import as_blockdrop, load_model
@@ -59,6 +59,7 @@ def run_eval(args) -> dict:
     image_column, label_column = find_columns(dataset, args.image_column, args.label_column)
     if args.max_samples is not None:
         dataset = dataset.select(range(min(args.max_samples, len(dataset))))
+    check_labels(dataset, label_column, model.num_classes, args.data)
     with_transform(dataset, eval_transform(model), image_column, label_column)
     loader = make_loader(dataset, args.batch_size, num_workers=args.num_workers, data=args.data)
     torch.manual_seed(args.seed)
@@ -78,6 +79,7 @@ COMMANDS = {
     'eval': (_add_eval, run_eval),
     'bench': (bench.add_bench_arguments, bench.run_bench),
     'publish': (hub.add_publish_arguments, hub.run_publish),
+    'compare': (compare.add_compare_arguments, compare.run_compare),
 }
 
 
