@@ -51,6 +51,19 @@ def test_randomk_differs_per_image_and_is_seeded():
     assert torch.equal(a, b) and len({tuple(r.tolist()) for r in a}) > 1
 
 
+def test_one_randomk_per_sample_seeds_as_training_draws_them():
+    """Training's RandomK (per-row seeds) is policies.randomk: the blocks the released runs were trained with
+    (recorded from the former reinforce.fixed_keep), whatever rows share the batch."""
+    seeds = torch.tensor([7, 11, 13, 2 ** 40 + 3])
+    keep = policies.heuristic_policy('randomk', 4, 15, 5, seeds=seeds)
+    assert [r.nonzero().flatten().tolist() for r in keep] == [
+        [1, 4, 6, 12, 13], [0, 3, 7, 10, 12], [0, 3, 4, 9, 10], [0, 1, 3, 5, 14]]
+    assert torch.equal(policies.randomk(2, 15, 5, seeds=[13, 7]), keep[[2, 0]])
+    assert torch.equal(policies.row_uniforms([11], 15), policies.row_uniforms(seeds, 15)[1:2])
+    with pytest.raises(ValueError, match='one seed per row'):
+        policies.randomk(3, 15, 5, seeds=[1, 2])
+
+
 @pytest.mark.parametrize('k', [-1, 16])
 def test_k_outside_range(k):
     with pytest.raises(ValueError, match=r'k must lie in \[0, K\] = \[0, 15\]'):

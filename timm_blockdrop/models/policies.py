@@ -2,13 +2,13 @@
 
 Every function returns a (B, K) tensor; ``keep[:, k] == 1`` runs block k, 0 drops it.
 """
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence, Union
 
 import torch
 
 __all__ = [
     'check_threshold', 'check_alpha', 'greedy', 'bounded', 'sample', 'straight_through',
-    'full', 'firstk', 'randomk', 'distributek', 'HEURISTICS', 'heuristic_policy',
+    'row_uniforms', 'full', 'firstk', 'randomk', 'distributek', 'HEURISTICS', 'heuristic_policy',
 ]
 
 
@@ -52,6 +52,20 @@ def straight_through(probs: torch.Tensor, alpha: float = 0.8) -> torch.Tensor:
     return u + probs - probs.detach()
 
 
+def row_uniforms(seeds: Union[torch.Tensor, Sequence[int]], num_blocks: int) -> torch.Tensor:
+    """(B, K) uniforms on CPU, row i drawn from a generator seeded with ``seeds[i]``.
+
+    Per-sample randomness: a sample gets the same row in any batch, on any number of processes, after a resume.
+    """
+    seeds = seeds.tolist() if isinstance(seeds, torch.Tensor) else list(seeds)
+    gen = torch.Generator()
+    out = torch.empty(len(seeds), num_blocks)
+    for i, s in enumerate(seeds):
+        gen.manual_seed(int(s))
+        out[i] = torch.rand(num_blocks, generator=gen)
+    return out
+
+
 # ---- heuristic baselines (Sec. 4.2): no policy network, the same k blocks for every image ----
 
 def _check_k(k: int, num_blocks: int) -> int:
@@ -76,11 +90,22 @@ def firstk(batch: int, num_blocks: int, k: int, **_) -> torch.Tensor:
 
 
 def randomk(
-        batch: int, num_blocks: int, k: int, generator: Optional[torch.Generator] = None, **_,
+        batch: int, num_blocks: int, k: int, generator: Optional[torch.Generator] = None,
+        seeds: Optional[Union[torch.Tensor, Sequence[int]]] = None, **_,
 ) -> torch.Tensor:
-    """RandomK: keep k blocks chosen uniformly at random, independently for each image."""
+    """RandomK: keep k blocks chosen uniformly at random, independently for each image.
+
+    The draw is from ``generator`` for the whole batch, or, given one ``seeds`` entry per row, from each row's
+    own ``row_uniforms`` (training: the same blocks for a sample whatever the batching).
+    """
     k = _check_k(k, num_blocks)
-    order = torch.rand(batch, num_blocks, generator=generator).argsort(dim=1)
+    if seeds is not None:
+        if len(seeds) != batch:
+            raise ValueError(f'randomk needs one seed per row: {batch} rows, {len(seeds)} seeds')
+        uniforms = row_uniforms(seeds, num_blocks)
+    else:
+        uniforms = torch.rand(batch, num_blocks, generator=generator)
+    order = uniforms.argsort(dim=1)
     keep = torch.zeros(batch, num_blocks)
     keep.scatter_(1, order[:, :k], 1.0)
     return keep
@@ -124,8 +149,12 @@ def heuristic_policy(
         k: Optional[int] = None,
         stage_sizes: Sequence[int] = (),
         generator: Optional[torch.Generator] = None,
+        seeds: Optional[Union[torch.Tensor, Sequence[int]]] = None,
 ) -> torch.Tensor:
-    """The (batch, K) keep tensor of a heuristic policy by name: full, firstk, randomk or distributek."""
+    """The (batch, K) keep tensor of a heuristic policy by name: full, firstk, randomk or distributek.
+
+    ``seeds`` (one per row) make RandomK per sample (``randomk``); the other policies do not draw.
+    """
     if name not in HEURISTICS:
         raise ValueError(f"unknown policy '{name}': choose one of learned, {', '.join(HEURISTICS)}")
-    return HEURISTICS[name](batch, num_blocks, k=k, stage_sizes=stage_sizes, generator=generator)
+    return HEURISTICS[name](batch, num_blocks, k=k, stage_sizes=stage_sizes, generator=generator, seeds=seeds)

@@ -24,7 +24,7 @@ from torch import nn
 
 from .curriculum import force_prefix
 from ..models.routing import paired_logits
-from ..models.policies import bounded, greedy, heuristic_policy
+from ..models.policies import bounded, greedy, heuristic_policy, row_uniforms
 from .reward import advantage, check_gamma, reward
 
 __all__ = [
@@ -57,17 +57,6 @@ def entropy(probs: torch.Tensor, form: str = 'reference') -> torch.Tensor:
     if form == 'bernoulli':
         h = h - (1.0 - p) * (1.0 - p).log()
     return h
-
-
-def row_uniforms(seeds: Union[torch.Tensor, Sequence[int]], num_blocks: int) -> torch.Tensor:
-    """(B, K) uniforms on CPU, row i drawn from a generator seeded with ``seeds[i]``."""
-    seeds = seeds.tolist() if isinstance(seeds, torch.Tensor) else list(seeds)
-    gen = torch.Generator()
-    out = torch.empty(len(seeds), num_blocks)
-    for i, s in enumerate(seeds):
-        gen.manual_seed(int(s))
-        out[i] = torch.rand(num_blocks, generator=gen)
-    return out
 
 
 def sample_with(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
@@ -252,15 +241,10 @@ class FinetuneStep(_FinetuneStepBase):
 def fixed_keep(name: str, seeds: torch.Tensor, num_blocks: int, k: int, stage_sizes: Sequence[int]) -> torch.Tensor:
     """(B, K) keep of a heuristic policy (firstk, randomk, distributek) for rows with these sample seeds.
 
-    RandomK draws each row's k blocks from the row's own uniforms (``row_uniforms``), so a sample gets the same
+    RandomK draws each row's k blocks from the row's own uniforms (``policies.randomk`` with ``seeds``), so a sample gets the same
     blocks in any batch, on any number of processes and after a resume.
     """
-    if name == 'randomk':
-        keep = torch.zeros(len(seeds), num_blocks)
-        if k:
-            keep.scatter_(1, row_uniforms(seeds, num_blocks).argsort(dim=1)[:, :k], 1.0)
-        return keep
-    return heuristic_policy(name, len(seeds), num_blocks, k, stage_sizes)
+    return heuristic_policy(name, len(seeds), num_blocks, k, stage_sizes, seeds=seeds)
 
 
 class FixedPolicyStep(_FinetuneStepBase):
