@@ -160,3 +160,45 @@ def test_training_loaders_name_the_truncated_image(tmp_path, num_workers):
         list(make_train_loader(rows, 2, num_workers=num_workers, data=str(folder)))
     assert ' the image of streamed sample 3 of this process cannot be decoded (' in str(info.value)
     assert '\n' not in str(info.value)
+
+
+# ---- issue 13 item 10: bad column names and string labels ----
+
+def test_label_column_naming_the_images(tmp_path, capsys):
+    folder = write_parquet(tiny_dataset([0, 1], image_column='img'), tmp_path / 'tiny')
+    code, err = _eval(capsys, folder, '--label-column', 'img')
+    assert code == 2 and err == (f"blockdrop eval: error: dataset {folder} split 'test': label column 'img' holds Image "
+                                 f"values, not integer class indices; name an integer or ClassLabel column (columns: "
+                                 f"['img', 'label'])"), err
+    from timm_blockdrop.data import find_columns  # find_columns itself refuses it, before check_labels
+    with pytest.raises(ValueError, match="label column 'img' holds Image values"):
+        find_columns(tiny_dataset([0], image_column='img'), label_column='img')
+
+
+def test_image_column_naming_the_labels(tmp_path, capsys):
+    folder = write_parquet(tiny_dataset([0, 1], image_column='img'), tmp_path / 'tiny')
+    code, err = _eval(capsys, folder, '--image-column', 'label')
+    assert code == 2 and err == (f"blockdrop eval: error: dataset {folder} split 'test': column 'label' holds "
+                                 f"ClassLabel values, not images; name a datasets.Image column (image columns: "
+                                 f"['img']; columns: ['img', 'label'])"), err
+
+
+def test_a_column_that_does_not_exist(tmp_path, capsys):
+    folder = write_parquet(tiny_dataset([0, 1]), tmp_path / 'tiny')
+    code, err = _eval(capsys, folder, '--label-column', 'fine_label')
+    assert code == 2 and err == (f"blockdrop eval: error: dataset {folder} split 'test' has no label column "
+                                 f"'fine_label'; columns: ['image', 'label']"), err
+    code, err = _eval(capsys, folder, '--image-column', 'pixels')
+    assert code == 2 and err.endswith("has no image column 'pixels'; columns: ['image', 'label'] (image columns: "
+                                      "['image'])"), err
+
+
+def test_string_labels_found_by_name(tmp_path, capsys):
+    """A 'label' column of class names (found by its name, there is no ClassLabel) is refused before any image."""
+    from timm_blockdrop.data import find_columns
+    folder = write_parquet(tiny_dataset(['cat', 'dog'], num_classes=None), tmp_path / 'tiny')
+    code, err = _eval(capsys, folder)
+    assert code == 2 and err.startswith(f"blockdrop eval: error: dataset {folder} split 'test': label column 'label' "
+                                        f"holds string values, not integer class indices"), err
+    with pytest.raises(ValueError, match="label column 'label' holds string values"):
+        find_columns(tiny_dataset(['cat'], num_classes=None))

@@ -10,6 +10,9 @@ the dataset, split and column, and says what to do):
 - ``check_labels(dataset, label_column, num_classes, data)``: labels are integer class indices in
   ``[0, num_classes)`` (a ClassLabel with no more classes than the model); reads the label column only. Call it
   after ``find_columns`` and any ``select``. ``streaming_train_split(..., num_classes=N)`` checks a stream.
+- ``find_columns(dataset, image_column, label_column, data)``: a missing column, an image column that holds no
+  images, or a label column that holds no integer class indices (strings, images) names the column and the
+  columns there are.
 - ``load_split``: a missing path or split, or a Hub id that is not cached while offline, is one sentence.
 - ``make_loader(..., data=PATH)`` / ``make_train_loader(..., data=PATH)``: an image that cannot be decoded raises
   ``CorruptImageError`` (a ValueError) naming the data, the split, the row and the image's file when stored;
@@ -61,27 +64,48 @@ def load_split(data: str, split: str = 'test', streaming: bool = False):
             f"data path") from None
 
 
-def find_columns(dataset, image_column: Optional[str] = None, label_column: Optional[str] = None) -> Tuple[str, str]:
-    """The image and label column names: given ones are checked, missing ones found from the features."""
+def find_columns(dataset, image_column: Optional[str] = None, label_column: Optional[str] = None,
+                 data: Optional[str] = None) -> Tuple[str, str]:
+    """The image and label column names: given ones are checked (they exist; the image column is a
+    ``datasets.Image``, the label column integer class indices), missing ones found from the features.
+
+    A wrong column is one ValueError sentence naming the dataset (``data``), the column and the columns there are.
+    """
     import datasets
 
+    where = _describe(dataset, data)
+    if dataset.features is None and image_column and label_column:  # a stream that does not know its features
+        return image_column, label_column
     features = dataset.features or {}
     names = list(features)
+    images = [n for n, f in features.items() if isinstance(f, datasets.Image)]
     if image_column is None:
-        image_column = next((n for n, f in features.items() if isinstance(f, datasets.Image)), None)
+        image_column = images[0] if images else None
         if image_column is None:
-            raise ValueError(f'dataset has no image column (a datasets.Image feature); columns: {names}')
+            raise ValueError(f'{where} has no image column (a datasets.Image feature); columns: {names}')
     elif image_column not in features:
-        raise ValueError(f"dataset has no image column '{image_column}'; columns: {names}")
+        raise ValueError(f"{where} has no image column '{image_column}'; columns: {names}"
+                         + (f' (image columns: {images})' if images else ''))
+    elif image_column not in images:
+        raise ValueError(f"{where}: column '{image_column}' holds {_kind(features[image_column])} values, not images; "
+                         f"name a datasets.Image column (image columns: {images}; columns: {names})")
     if label_column is None:
         label_column = next((n for n, f in features.items() if isinstance(f, datasets.ClassLabel)), None)
         label_column = label_column or next((n for n in _LABEL_NAMES if n in features), None)
         if label_column is None:
-            raise ValueError(f'dataset has no label column (a ClassLabel feature or one of {_LABEL_NAMES}); '
+            raise ValueError(f'{where} has no label column (a ClassLabel feature or one of {_LABEL_NAMES}); '
                              f'columns: {names}')
     elif label_column not in features:
-        raise ValueError(f"dataset has no label column '{label_column}'; columns: {names}")
+        raise ValueError(f"{where} has no label column '{label_column}'; columns: {names}")
+    if not isinstance(features[label_column], datasets.ClassLabel):
+        _check_label_feature(features[label_column], label_column, names, where)
     return image_column, label_column
+
+
+def _kind(feature) -> str:
+    """'int64', 'string', 'Image', 'ClassLabel', ... for messages."""
+    import datasets
+    return feature.dtype if isinstance(feature, datasets.Value) else type(feature).__name__
 
 
 def _describe(dataset, data: Optional[str]) -> str:
@@ -131,7 +155,7 @@ def _check_label_feature(feature, label_column: str, names, where: str) -> None:
 
     if isinstance(feature, datasets.Value) and feature.dtype.startswith(('int', 'uint')):
         return
-    kind = feature.dtype if isinstance(feature, datasets.Value) else type(feature).__name__
+    kind = _kind(feature)
     hint = (f"; to map names to indices, use dataset.class_encode_column('{label_column}')"
             if isinstance(feature, datasets.Value) and feature.dtype in ('string', 'large_string') else '')
     raise ValueError(f"{where}: label column '{label_column}' holds {kind} values, not integer class indices; "
@@ -393,7 +417,7 @@ def streaming_train_split(data: str, split: str, image_column: Optional[str], la
     from datasets.distributed import split_dataset_by_node
 
     dataset = load_split(data, split, streaming=True)
-    image_column, label_column = find_columns(dataset, image_column, label_column)
+    image_column, label_column = find_columns(dataset, image_column, label_column, data)
     total = None
     if dataset.info.splits and split in dataset.info.splits:
         total = dataset.info.splits[split].num_examples
