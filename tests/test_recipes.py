@@ -30,7 +30,9 @@ import yaml
 
 from timm_blockdrop.tools.cli import main as blockdrop_main
 from timm_blockdrop.train.config import STAGES, TrainConfig, load_config, parse_set
-from timm_blockdrop.train.run import PolicyStats, checkpoint_dirs, lr_scheduler
+from timm_blockdrop.train.checkpointing import checkpoint_dirs
+from timm_blockdrop.train.schedule import lr_scheduler
+from timm_blockdrop.train.stats import PolicyStats
 
 from conftest import CIFAR10, REPO, RESNET_FILES
 
@@ -379,7 +381,7 @@ def test_a_fresh_run_does_not_overwrite_another_runs_checkpoints(capsys, cl_run)
 
 def test_policy_lr_is_a_separate_group_on_the_same_schedule():
     """finetune policy_lr: the policy network's Adam group at policy_lr, the ResNet's at lr, both decayed alike."""
-    from timm_blockdrop.train.run import finetune_param_groups
+    from timm_blockdrop.train.build import finetune_param_groups
     model = timm_blockdrop_wrap_resnet20()
     config = load_config(FT_CONFIG, {'lr': 1e-4, 'policy_lr': 1e-6, 'lr_schedule': 'step', 'decay_epochs': [1],
                                      'epochs': 2, 'init_from': None})
@@ -441,7 +443,7 @@ def test_finetune_run_with_policy_lr_and_distillation(cl_run, tmp_path):
 
 
 def test_policy_init_keep_starts_the_policy_near_keep_all(cifar_test_slice):
-    from timm_blockdrop.train.run import init_policy_keep
+    from timm_blockdrop.train.build import init_policy_keep
     torch.manual_seed(0)
     model = timm_blockdrop_wrap_resnet20().eval()
     images = cifar_test_slice[0][:64]
@@ -482,7 +484,7 @@ def test_fixed_policy_finetune_run(cl_run, tmp_path):
 
 
 def test_policy_init_from_base_copies_matching_layers():
-    from timm_blockdrop.train.run import init_policy_from_base
+    from timm_blockdrop.train.build import init_policy_from_base
     torch.manual_seed(0)
     model = timm_blockdrop_wrap_resnet20()
     fc_before = model.policy.get_classifier().weight.detach().clone()

@@ -1,5 +1,5 @@
-"""Reward (Eq. 3), self-critical advantage (Eq. 6), bounded probabilities and the REINFORCE losses and steps,
-against values computed by hand."""
+"""Reward (Eq. 3), self-critical advantage (Eq. 6), bounded probabilities, the REINFORCE losses and the two
+stages' rollouts, against values computed by hand."""
 import math
 
 import pytest
@@ -9,8 +9,10 @@ import torch.nn.functional as F
 
 import timm_blockdrop
 from timm_blockdrop.models.policies import bounded, check_alpha
-from timm_blockdrop.train.reinforce import (CurriculumStep, FinetuneStep, bernoulli_log_prob, curriculum_loss, entropy,
-                                      finetune_loss, paired_logits, row_uniforms, sample_with)
+from timm_blockdrop.models.routing import paired_logits
+from timm_blockdrop.train.reinforce import (CurriculumRollout, FinetuneRollout, bernoulli_log_prob, curriculum_loss,
+                                            distill_loss, entropy, policy_gradient_loss, rewards, row_uniforms,
+                                            sample_with)
 from timm_blockdrop.train.reward import advantage, block_usage, check_gamma, reward
 
 from conftest import RESNET_FILES
@@ -87,19 +89,16 @@ def test_curriculum_loss_by_hand():
     assert s.grad[:, 0].abs().sum() == 0 and s.grad[:, 1:].abs().sum() > 0
 
 
-def test_finetune_loss_by_hand():
-    """pg_weight = batch size gives the reference's sum over the batch; plus the mean cross-entropy."""
+def test_policy_gradient_loss_by_hand():
+    """weight = batch size gives the reference's sum over the batch; beta adds the entropy bonus."""
     s = torch.tensor([[0.8, 0.3], [0.5, 0.2]])
     u = torch.tensor([[1., 0.], [0., 1.]])
     adv = torch.tensor([1.5, -0.5])
-    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
-    targets = torch.tensor([0, 0])
     pg = -(math.log(0.8) + math.log(0.7)) * 1.5 - (math.log(0.5) + math.log(0.2)) * -0.5
-    ce = (-math.log(math.exp(2) / (math.exp(2) + 1)) - math.log(1 / (1 + math.e))) / 2
-    loss, pg_t, ce_t = finetune_loss(s, u, adv, logits, targets, pg_weight=2)
-    assert pg_t.item() == pytest.approx(pg, rel=1e-6) and ce_t.item() == pytest.approx(ce, rel=1e-6)
-    assert loss.item() == pytest.approx(pg + ce, rel=1e-6)
-    assert finetune_loss(s, u, adv, logits, targets, pg_weight=1)[1].item() == pytest.approx(pg / 2, rel=1e-6)
+    assert policy_gradient_loss(s, u, adv, weight=2).item() == pytest.approx(pg, rel=1e-6)
+    assert policy_gradient_loss(s, u, adv, weight=1).item() == pytest.approx(pg / 2, rel=1e-6)
+    ent = sum(-p * math.log(p) for p in (0.8, 0.3, 0.5, 0.2)) / 2
+    assert policy_gradient_loss(s, u, adv, weight=2, beta=0.1).item() == pytest.approx(pg - 0.1 * ent, rel=1e-6)
 
 
 def test_sampling_from_per_row_seeds():
@@ -136,39 +135,43 @@ def test_paired_logits_equal_two_separate_passes(resnet20, cifar_test_slice):
     assert torch.allclose(la, ra, atol=1e-5) and torch.allclose(lb, rb, atol=1e-5)
 
 
-def test_curriculum_step(resnet20, cifar_test_slice):
+def test_curriculum_rollout(resnet20, cifar_test_slice):
     images, labels = cifar_test_slice[0][:16], cifar_test_slice[1][:16]
-    step = CurriculumStep(resnet20, gamma=1.0, beta=0.1).train()
-    assert not step.model.base.training and step.model.policy.training
+    rollout = CurriculumRollout(resnet20).train()
+    assert not rollout.model.base.training and rollout.model.policy.training
     seeds = torch.arange(16)
-    out = step(images, labels, seeds, n_forced=6)
-    assert out['keep'][:, :6].eq(1).all()  # the forced prefix
-    with torch.inference_mode():  # the reported rewards are those of the ResNet under the sampled policy
-        preds = resnet20.forward_with_policy(images, out['keep']).argmax(1)
-    assert torch.equal(out['correct'], preds == labels)
-    assert torch.allclose(out['reward'], reward(out['keep'], preds == labels, 1.0))
+    out = rollout(images, seeds, n_forced=6)
+    assert out['keep'][:, :6].eq(1).all() and out['keep_greedy'][:, :6].eq(1).all()  # the forced prefix
+    with torch.inference_mode():  # the logits are those of the ResNet under the sampled and the greedy policy
+        want = resnet20.forward_with_policy(images, out['keep'])
+        want_greedy = resnet20.forward_with_policy(images, out['keep_greedy'])
+    assert torch.allclose(out['logits'], want, atol=1e-5) and torch.allclose(out['logits_greedy'], want_greedy,
+                                                                             atol=1e-5)
+    r, correct, adv = rewards(out, labels, 1.0)
+    assert torch.equal(correct, want.argmax(1) == labels) and torch.allclose(r, reward(out['keep'], correct, 1.0))
+    assert torch.allclose(adv, r - reward(out['keep_greedy'], want_greedy.argmax(1) == labels, 1.0))
     resnet20.zero_grad(set_to_none=True)
-    out['loss'].backward()
+    curriculum_loss(out['probs'], out['keep'], adv, 6).backward()
     assert all(p.grad is not None for p in resnet20.policy.parameters())
     assert all(p.grad is None and not p.requires_grad for p in resnet20.base.parameters())
-    again = step(images, labels, seeds, n_forced=6)
+    again = rollout(images, seeds, n_forced=6)
     assert torch.equal(again['keep'], out['keep'])  # same seeds, same policy: the randomness is per sample
 
 
-def test_finetune_step(resnet20, cifar_test_slice):
+def test_finetune_rollout(resnet20, cifar_test_slice):
     images, labels = cifar_test_slice[0][:16], cifar_test_slice[1][:16]
-    step = FinetuneStep(resnet20, gamma=5.0, pg_weight=16).train()
-    assert step.model.base.training
+    rollout = FinetuneRollout(resnet20).train()
+    assert rollout.model.base.training
     resnet20.zero_grad(set_to_none=True)
-    out = step(images, labels, torch.arange(16))
-    out['loss'].backward()
-    assert out['loss'].item() == pytest.approx(out['pg_loss'].item() + out['ce_loss'].item(), rel=1e-5)
+    out = rollout(images, torch.arange(16))
+    r, _, adv = rewards(out, labels, 5.0)
+    (policy_gradient_loss(out['probs'], out['keep'], adv, 16) + F.cross_entropy(out['logits'], labels)).backward()
     allowed = torch.tensor([-5.0] + [1 - (k / 9) ** 2 for k in range(10)])
-    assert ((out['reward'][:, None] - allowed).abs().min(1).values < 1e-6).all()
+    assert ((r[:, None] - allowed).abs().min(1).values < 1e-6).all()
     assert all(p.grad is not None for p in resnet20.policy.parameters())
     assert all(p.grad is not None for p in resnet20.base.parameters() if p.requires_grad)
-    with pytest.raises(ValueError, match='gamma'):
-        FinetuneStep(resnet20, gamma=-5)
+    with pytest.raises(ValueError, match="mode must be 'masked' or 'routed'"):
+        FinetuneRollout(resnet20, mode='fused')
 
 
 def test_distill_loss_by_hand():
@@ -193,10 +196,10 @@ def test_distill_loss_by_hand():
     assert x.grad.abs().sum() > 0 and teacher_g.grad is None  # only the student learns
 
 
-def test_finetune_step_with_distillation(cifar_test_slice):
-    """distill_weight > 0: loss = pg + ce + w kd against the frozen teacher, which stays in eval mode, untouched."""
+def test_finetune_rollout_with_a_teacher(cifar_test_slice):
+    """With a teacher: teacher_logits are the frozen full ResNet's, exactly (eval mode, untouched), and logits
+    those of the ResNet under u, so the recipe's kd_loss is exactly distill_loss of the two."""
     import copy
-    from timm_blockdrop.train.reinforce import distill_loss
     base = timm.create_model('cifar_resnet20', pretrained=True,
                              pretrained_cfg_overlay=dict(file=str(RESNET_FILES[20])))
     torch.manual_seed(0)
@@ -204,34 +207,30 @@ def test_finetune_step_with_distillation(cifar_test_slice):
     teacher = copy.deepcopy(model.base)
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     images, labels = cifar_test_slice[0][:16], cifar_test_slice[1][:16]
-    step = FinetuneStep(model, gamma=5.0, pg_weight=16, teacher=teacher, distill_weight=0.5,
-                        distill_temperature=3.0).train()
-    assert step.model.base.training and not step.teacher.training
-    out = step(images, labels, torch.arange(16))
-    assert out['loss'].item() == pytest.approx(
-        out['pg_loss'].item() + out['ce_loss'].item() + 0.5 * out['kd_loss'].item(), rel=1e-5)
-    assert out['kd_loss'].item() > 0
+    rollout = FinetuneRollout(model, teacher=teacher).train()
+    assert rollout.model.base.training and not rollout.teacher.training
+    same = copy.deepcopy(model)  # the model as the rollout sees it (its pass moves BatchNorm's running statistics)
+    out = rollout(images, torch.arange(16))
     with torch.no_grad():
-        want = teacher(images)
-    assert not teacher.training  # the step ran the teacher in eval mode (running BatchNorm statistics)
+        want_teacher = teacher(images)
+        want = same.forward_with_policy(images, out['keep'], mode='masked')
+    assert not teacher.training and torch.equal(out['teacher_logits'], want_teacher)
+    assert torch.equal(out['logits'].detach(), want)
+    kd = distill_loss(out['logits'], out['teacher_logits'], 3.0)
+    assert kd.item() == distill_loss(want, want_teacher, 3.0).item() and kd.item() > 0
     model.zero_grad(set_to_none=True)
-    out['loss'].backward()
+    (F.cross_entropy(out['logits'], labels) + 0.5 * kd).backward()
     assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
     assert all(p.grad is not None for p in model.base.parameters() if p.requires_grad)
     assert all(torch.equal(v, before[k]) for k, v in teacher.state_dict().items())
-    # kd_loss is the distillation of the sampled pass's logits against these teacher logits
-    kd_again = distill_loss(model.forward_with_policy(images, out['keep'], mode='masked'), want, 3.0)
-    assert kd_again.item() == pytest.approx(out['kd_loss'].item(), rel=0.2)
-    # no teacher: no kd term; a weight without teacher is refused
-    assert 'kd_loss' not in FinetuneStep(model, gamma=5.0, pg_weight=16)(images, labels, torch.arange(16))
-    with pytest.raises(ValueError, match='teacher'):
-        FinetuneStep(model, gamma=5.0, distill_weight=1.0)
+    assert 'teacher_logits' not in FinetuneRollout(model)(images, torch.arange(16))
 
 
-def test_fixed_keep_and_fixed_policy_step(cifar_test_slice):
-    """FirstK / DistributeK as policies.py; RandomK k blocks per row from the row's seed; the step is plain CE."""
+def test_fixed_keep_and_fixed_policy_rollout(cifar_test_slice):
+    """FirstK / DistributeK as policies.py; RandomK k blocks per row from the row's seed; a fixed policy is a
+    deterministic one (s' = u, u~ = u): its policy-gradient term and advantage are 0 and the policy is unused."""
     from timm_blockdrop.models.policies import distributek, firstk
-    from timm_blockdrop.train.reinforce import FixedPolicyStep, fixed_keep
+    from timm_blockdrop.train.reinforce import fixed_keep
     seeds = torch.tensor([3, 5, 7, 3])
     assert torch.equal(fixed_keep('firstk', seeds, 9, 4, (3, 3, 3)), firstk(4, 9, 4))
     assert torch.equal(fixed_keep('distributek', seeds, 9, 4, (3, 3, 3)), distributek(4, 9, 4, (3, 3, 3)))
@@ -243,28 +242,18 @@ def test_fixed_keep_and_fixed_policy_step(cifar_test_slice):
     torch.manual_seed(0)
     model = timm_blockdrop.wrap(base)
     images, labels = cifar_test_slice[0][:16], cifar_test_slice[1][:16]
-    step = FixedPolicyStep(model, 'distributek', 6, gamma=5.0).train()
-    out = step(images, labels, torch.arange(16))
-    assert torch.equal(out['keep'], distributek(16, 9, 6, (3, 3, 3)))
+    out = FinetuneRollout(model, fixed_policy='distributek', fixed_blocks=6).train()(images, torch.arange(16))
+    assert torch.equal(out['keep'], distributek(16, 9, 6, (3, 3, 3))) and torch.equal(out['keep_greedy'], out['keep'])
+    _, _, adv = rewards(out, labels, 5.0)
+    pg = policy_gradient_loss(out['probs'], out['keep'], adv, 16)
+    assert pg.item() == 0 and not adv.any()
     with torch.no_grad():
         want = F.cross_entropy(model.forward_with_policy(images, out['keep'], mode='masked'), labels)
-    assert out['loss'].item() == pytest.approx(want.item(), rel=1e-5) and out['pg_loss'].item() == 0
+    ce = F.cross_entropy(out['logits'], labels)
+    assert ce.item() == pytest.approx(want.item(), rel=1e-5)
     model.zero_grad(set_to_none=True)
-    out['loss'].backward()
+    (pg + ce).backward()
     assert all(p.grad is None for p in model.policy.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.base.parameters())
     with pytest.raises(ValueError):
-        FixedPolicyStep(model, 'firstk', 10)  # k > K
-    # with a teacher, the baseline distils exactly as FinetuneStep does: loss = ce + w kd
-    import copy
-    from timm_blockdrop.train.reinforce import distill_loss
-    teacher = copy.deepcopy(model.base)
-    step = FixedPolicyStep(model, 'distributek', 6, teacher=teacher, distill_weight=0.5, distill_temperature=3.0)
-    out = step.train()(images, labels, torch.arange(16))
-    assert not teacher.training and out['kd_loss'].item() > 0
-    assert out['loss'].item() == pytest.approx(out['ce_loss'].item() + 0.5 * out['kd_loss'].item(), rel=1e-5)
-    with torch.no_grad():
-        kd = distill_loss(model.forward_with_policy(images, out['keep'], mode='masked'), teacher(images), 3.0)
-    assert kd.item() == pytest.approx(out['kd_loss'].item(), rel=1e-4)
-    with pytest.raises(ValueError, match='teacher'):
-        FixedPolicyStep(model, 'firstk', 4, distill_weight=1.0)
+        FinetuneRollout(model, fixed_policy='firstk', fixed_blocks=10)  # k > K

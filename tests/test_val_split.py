@@ -14,7 +14,7 @@ from PIL import Image
 
 import timm_blockdrop
 from timm_blockdrop.data import SampleSeeds
-from timm_blockdrop.train import run
+from timm_blockdrop.train import splits
 from timm_blockdrop.train.config import load_config
 
 from test_recipes import CL_CONFIG, _lines, _recipe
@@ -59,24 +59,24 @@ def opened(monkeypatch):
 def test_val_rows_are_the_last_training_rows_and_never_train(train_only_data, model, opened):
     config = load_config(CL_CONFIG, {'data': str(train_only_data), 'val_images': N_VAL})
     assert config.eval_split == 'val' and config.train_split == 'train'
-    train = _rows(run.train_split(config, model, SampleSeeds(0)), model)
-    val = _rows(run.eval_split(config, model), model)
+    train = _rows(splits.train_split(config, model, SampleSeeds(0)), model)
+    val = _rows(splits.eval_split(config, model), model)
     assert train == list(range(N_ROWS - N_VAL)) and val == list(range(N_ROWS - N_VAL, N_ROWS))
     assert not set(train) & set(val)
     assert set(opened) == {'train'}  # the test split is not opened
     # max_train_samples / max_eval_samples cut within each part, never across
     small = load_config(CL_CONFIG, {'data': str(train_only_data), 'val_images': N_VAL, 'max_train_samples': 1000,
                                     'max_eval_samples': 5})
-    assert _rows(run.train_split(small, model, SampleSeeds(0)), model) == train
-    assert _rows(run.eval_split(small, model), model) == list(range(N_ROWS - N_VAL, N_ROWS - N_VAL + 5))
+    assert _rows(splits.train_split(small, model, SampleSeeds(0)), model) == train
+    assert _rows(splits.eval_split(small, model), model) == list(range(N_ROWS - N_VAL, N_ROWS - N_VAL + 5))
 
 
 def test_the_shipped_configs_hold_out_5000_training_images():
     config = load_config(CL_CONFIG)
     assert (config.eval_split, config.val_images) == ('val', 5000)
-    assert run.held_out_rows(config, 50000) == (range(45000), range(45000, 50000))
+    assert splits.held_out_rows(config, 50000) == (range(45000), range(45000, 50000))
     other = load_config(CL_CONFIG, {'eval_split': 'test'})  # a split of its own: every training row trains
-    assert run.held_out_rows(other, 50000) == (range(50000), range(0))
+    assert splits.held_out_rows(other, 50000) == (range(50000), range(0))
 
 
 def test_bad_val_settings_are_sentences(train_only_data, model):
@@ -88,7 +88,7 @@ def test_bad_val_settings_are_sentences(train_only_data, model):
         load_config(CL_CONFIG, {'streaming': True})
     config = load_config(CL_CONFIG, {'data': str(train_only_data), 'val_images': N_ROWS})
     with pytest.raises(ValueError, match=f"val_images {N_ROWS} leaves no training rows: .* has {N_ROWS}"):
-        run.train_split(config, model, SampleSeeds(0))
+        splits.train_split(config, model, SampleSeeds(0))
 
 
 def test_a_run_on_data_without_a_test_split(train_only_data, tmp_path):

@@ -12,6 +12,7 @@ import difflib
 import math
 import os
 import string
+import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,13 +20,14 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
+from ..errors import USER_ERRORS
 from .curriculum import check_cl_step
 from ..models.policies import check_alpha, check_threshold
 from .reinforce import ENTROPY_FORMS
 from .reward import check_gamma
 
-__all__ = ['STAGES', 'VAL_SPLIT', 'TrainConfig', 'load_config', 'parse_set', 'save_config', 'config_keys', 'recipe_arguments',
-           'config_from_args']
+__all__ = ['STAGES', 'VAL_SPLIT', 'TrainConfig', 'load_config', 'parse_set', 'save_config', 'config_keys',
+           'recipe_arguments', 'config_from_args', 'recipe_main']
 
 STAGES = ('curriculum', 'finetune')
 VAL_SPLIT = 'val'  # eval_split naming the rows held out at the end of train_split
@@ -313,6 +315,18 @@ def recipe_arguments(description: str, stage: str) -> argparse.ArgumentParser:
     parser.add_argument('--set', action='append', metavar='KEY=VALUE', help='override any config key (repeatable)')
     parser.add_argument('--cpu', action='store_true', help='train on the CPU even if there is a GPU')
     return parser
+
+
+def recipe_main(stage: str, doc: str, training_function, argv=None) -> int:
+    """A recipe's command line (described by the first line of ``doc``): parse, load the config, train; a user
+    error ends in one line and status 2."""
+    args = recipe_arguments(doc.strip().splitlines()[0], stage).parse_args(argv)
+    try:
+        training_function(config_from_args(args, stage), args)
+    except USER_ERRORS as e:
+        print(f'{stage}: error: {e}', file=sys.stderr)
+        return 2
+    return 0
 
 
 def config_from_args(args, stage: str) -> TrainConfig:

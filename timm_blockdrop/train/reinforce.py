@@ -1,22 +1,23 @@
-"""REINFORCE for BlockDrop (paper Sec. 3.3, Eq. 5-6, Alg. 1): the two training steps and their losses.
+"""REINFORCE for BlockDrop (paper Sec. 3.3, Eq. 5-6, Alg. 1): the forward passes of the two stages and the
+pieces of their losses, which the recipes compose in their training loops.
 
-Both steps sample u ~ Bernoulli(s') from the alpha-bounded policy s' = alpha s + (1 - alpha)(1 - s), run the
+Both stages sample u ~ Bernoulli(s') from the alpha-bounded policy s' = alpha s + (1 - alpha)(1 - s), run the
 ResNet under u and under the greedy policy u~ (s >= 0.5, the self-critical baseline, no gradient), and weight
--log pi(u|x) by the advantage A = R(u) - R(u~) (``reward.py``):
+-log pi(u|x) by the advantage A = R(u) - R(u~) (``rewards``, from ``reward.py``):
 
-- ``CurriculumStep`` (stage 1): the ResNet is frozen (eval mode, inference mode) and only the policy learns; at
-  epoch t the first blocks are forced on in u and u~ (``curriculum.py``) and only the decided blocks enter the
-  loss. Both ResNet passes run as one routed pass that computes the rows of u and u~ once for as long as the two
-  policies agree (``models.routing.paired_logits``), so the forced prefix is always computed once.
-- ``FinetuneStep`` (stage 2): policy and ResNet learn together; the loss adds the cross-entropy of the ResNet
-  under the sampled policy. The stem is shared by the sampled and the greedy pass.
+- ``CurriculumRollout`` (stage 1): the ResNet is frozen (eval mode, inference mode) and only the policy learns; at
+  epoch t the first blocks are forced on in u and u~ (``curriculum.py``) and only the decided blocks enter
+  ``curriculum_loss``. Both ResNet passes run as one routed pass that computes the rows of u and u~ once for as
+  long as the two policies agree (``models.routing.paired_logits``).
+- ``FinetuneRollout`` (stage 2): policy and ResNet learn together: ``policy_gradient_loss`` + the cross-entropy
+  of the ResNet under u (+ ``distill_loss`` from a teacher). The stem is shared by the sampled and greedy passes.
 
-The steps are ``nn.Module``s so that DDP (``accelerator.prepare``) wraps them and all-reduces the gradients of
+The rollouts are ``nn.Module``s so that DDP (``accelerator.prepare``) wraps them and all-reduces the gradients of
 whatever they train. Randomness is per sample: each row comes with an integer seed (see
 ``data.SampleSeeds``) from which its K uniforms are drawn, so a run gives the same policies whatever the number
 of processes, and resuming repeats exactly the samples an uninterrupted run would have drawn.
 """
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,12 +26,11 @@ from torch import nn
 from .curriculum import force_prefix
 from ..models.routing import paired_logits
 from ..models.policies import bounded, greedy, heuristic_policy, row_uniforms
-from .reward import advantage, check_gamma, reward
+from .reward import advantage, reward
 
 __all__ = [
     'ENTROPY_FORMS', 'bernoulli_log_prob', 'entropy', 'row_uniforms', 'sample_with', 'curriculum_loss',
-    'finetune_loss', 'distill_loss', 'paired_logits', 'CurriculumStep', 'FinetuneStep', 'fixed_keep',
-    'FixedPolicyStep',
+    'policy_gradient_loss', 'distill_loss', 'rewards', 'CurriculumRollout', 'FinetuneRollout', 'fixed_keep',
 ]
 
 ENTROPY_FORMS = ('reference', 'bernoulli')
@@ -80,23 +80,20 @@ def curriculum_loss(
     return (pg - beta * bonus) / probs.shape[0]
 
 
-def finetune_loss(
-        probs: torch.Tensor, keep: torch.Tensor, adv: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,
-        pg_weight: float = 1.0, beta: float = 0.0, entropy_form: str = 'reference',
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Stage-2 loss: pg_weight * mean_b(-sum_k log pi(u_bk) A_b) + cross_entropy(logits under u, targets).
+def policy_gradient_loss(
+        probs: torch.Tensor, keep: torch.Tensor, adv: torch.Tensor, weight: float = 1.0, beta: float = 0.0,
+        entropy_form: str = 'reference',
+) -> torch.Tensor:
+    """Stage-2 policy term (Eq. 5-6): weight * mean_b(-sum_k log pi(u_bk) A_b) - beta * mean_b(sum_k H(s'_bk)).
 
-    The reference code sums the policy-gradient term over the batch and averages the cross-entropy; with
-    ``pg_weight`` = the global batch size this is exactly that, independently of how the batch is split over
-    processes and accumulation steps (DDP and accumulation average per-process means). ``beta`` > 0 adds an
-    entropy bonus (the reference has none in this stage). Returns (loss, policy-gradient term, cross-entropy).
+    The reference code sums the policy-gradient term over the batch; with ``weight`` = the global batch size this
+    is exactly that, independently of how the batch is split over processes and accumulation steps (DDP and
+    accumulation average per-process means). ``beta`` > 0 adds an entropy bonus (the reference has none here).
     """
-    pg = (-bernoulli_log_prob(probs, keep).sum(1) * adv.detach()).mean() * pg_weight
-    ce = F.cross_entropy(logits.float(), targets)
-    loss = pg + ce
+    pg = (-bernoulli_log_prob(probs, keep).sum(1) * adv.detach()).mean() * weight
     if beta:
-        loss = loss - beta * entropy(probs, entropy_form).sum(1).mean()
-    return loss, pg, ce
+        pg = pg - beta * entropy(probs, entropy_form).sum(1).mean()
+    return pg
 
 
 def distill_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0) -> torch.Tensor:
@@ -112,30 +109,36 @@ def distill_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature
 
 
 def _sampled_and_greedy(model, images: torch.Tensor, seeds: torch.Tensor):
-    """s (float32), s' = bounded(s), u ~ Bernoulli(s') from the rows' seeds, and u~ = greedy(s)."""
+    """s' = bounded(s) (float32, with gradient), u ~ Bernoulli(s') from the rows' seeds, and u~ = greedy(s)."""
     probs = model.policy_probs(images).float()
-    probs_b = bounded(probs, model.alpha)
     with torch.no_grad():
-        keep = sample_with(probs_b, row_uniforms(seeds, model.num_blocks))
+        keep = sample_with(bounded(probs, model.alpha), row_uniforms(seeds, model.num_blocks))
         keep_greedy = greedy(probs.detach(), model.threshold)
-    return probs, probs_b, keep, keep_greedy
+    return bounded(probs, model.alpha), keep, keep_greedy
 
 
-class CurriculumStep(nn.Module):
-    """One curriculum-learning step (Alg. 1 lines 4-12): the loss of the policy on a batch, ResNet frozen.
+def rewards(out: Dict[str, torch.Tensor], targets: torch.Tensor, gamma: float):
+    """(R(u), correct under u, A = R(u) - R(u~)) of a rollout's outputs (Eq. 3 and 6; no gradient)."""
+    with torch.no_grad():
+        correct = out['logits'].detach().argmax(1) == targets
+        r = reward(out['keep'], correct, gamma)
+        r_greedy = reward(out['keep_greedy'], out['logits_greedy'].detach().argmax(1) == targets, gamma)
+    return r, correct, advantage(r, r_greedy)
 
-    ``forward(images, targets, seeds, n_forced)`` returns a dict: ``loss`` (to back-propagate), and per row
-    ``keep`` (u), ``correct`` and ``reward`` (R(u)), ``greedy_reward`` (R(u~)).
+
+class CurriculumRollout(nn.Module):
+    """The curriculum's forward pass (Alg. 1 lines 5-9): the policy samples u and the frozen ResNet runs under u
+    and under the greedy u~, with the first ``n_forced`` blocks on in both.
+
+    ``forward(images, seeds, n_forced)`` returns ``probs`` (s', with gradient: the only thing that learns),
+    ``keep`` (u), ``keep_greedy`` (u~), ``logits`` and ``logits_greedy`` (no gradient; one routed pass that
+    computes a row once for as long as its two policies agree). The recipe turns them into the loss. An
+    ``nn.Module`` so that DDP wraps it and all-reduces the policy's gradients.
     """
 
-    def __init__(self, model: nn.Module, gamma: float, beta: float = 0.1, entropy_form: str = 'reference'):
+    def __init__(self, model: nn.Module):
         super().__init__()
-        if entropy_form not in ENTROPY_FORMS:
-            raise ValueError(f"entropy form must be one of {', '.join(ENTROPY_FORMS)}, got {entropy_form!r}")
         self.model = model
-        self.gamma = check_gamma(gamma)
-        self.beta = float(beta)
-        self.entropy_form = entropy_form
         model.base.requires_grad_(False)
         model.base.eval()
 
@@ -144,45 +147,43 @@ class CurriculumStep(nn.Module):
         self.model.base.eval()  # frozen: BatchNorm keeps its running statistics
         return self
 
-    def forward(self, images: torch.Tensor, targets: torch.Tensor, seeds: torch.Tensor,
-                n_forced: int = 0) -> Dict[str, torch.Tensor]:
-        model = self.model
-        probs, probs_b, keep, keep_greedy = _sampled_and_greedy(model, images, seeds)
-        keep = force_prefix(keep, n_forced)
-        keep_greedy = force_prefix(keep_greedy, n_forced)
+    def forward(self, images: torch.Tensor, seeds: torch.Tensor, n_forced: int = 0) -> Dict[str, torch.Tensor]:
+        probs, keep, keep_greedy = _sampled_and_greedy(self.model, images, seeds)
+        keep, keep_greedy = force_prefix(keep, n_forced), force_prefix(keep_greedy, n_forced)
         with torch.inference_mode():
-            logits, logits_greedy = paired_logits(model, images, keep, keep_greedy)
-            correct = logits.argmax(1) == targets
-            r = reward(keep, correct, self.gamma)
-            r_greedy = reward(keep_greedy, logits_greedy.argmax(1) == targets, self.gamma)
-            adv = advantage(r, r_greedy)
+            logits, logits_greedy = paired_logits(self.model, images, keep, keep_greedy)
         # inference-mode tensors cannot be saved for backward: clone them into ordinary ones
-        adv, correct, r, r_greedy = adv.clone(), correct.clone(), r.clone(), r_greedy.clone()
-        loss = curriculum_loss(probs_b, keep, adv, n_forced, self.beta, self.entropy_form)
-        return dict(loss=loss, keep=keep, correct=correct, reward=r, greedy_reward=r_greedy)
+        return dict(probs=probs, keep=keep, keep_greedy=keep_greedy, logits=logits.clone(),
+                    logits_greedy=logits_greedy.clone())
 
 
-class _FinetuneStepBase(nn.Module):
-    """What every finetuning step shares: the model (all of it trainable), the reward's gamma, how the sampled
-    pass runs the blocks (``mode``) and, with ``distill_weight`` > 0, a frozen teacher whose logits it distils."""
+class FinetuneRollout(nn.Module):
+    """Joint finetuning's forward pass (Alg. 1 line 15): u sampled by the policy, the ResNet (training) under u,
+    and under the greedy u~ without gradient on the shared stem; a heuristic ``fixed_policy`` (the Table 1 (ft)
+    baselines) replaces the policy network.
 
-    def __init__(self, model: nn.Module, gamma: float, mode: str, teacher: Optional[nn.Module],
-                 distill_weight: float, distill_temperature: float):
+    ``forward(images, seeds)`` returns ``probs`` (s'; for a fixed policy s' = u, a deterministic policy whose
+    policy-gradient term is 0), ``keep``, ``keep_greedy``, ``logits`` (with gradient), ``logits_greedy`` and,
+    with a ``teacher``, ``teacher_logits`` (the frozen full ResNet). ``mode`` is how the blocks run under u:
+    'masked' (the reference: every block on the whole batch) or 'routed' (each block on the rows that keep it,
+    which changes what BatchNorm's batch statistics see).
+    """
+
+    def __init__(self, model: nn.Module, mode: str = 'masked', teacher: Optional[nn.Module] = None,
+                 fixed_policy: Optional[str] = None, fixed_blocks: Optional[int] = None):
         super().__init__()
         if mode not in ('masked', 'routed'):
             raise ValueError(f"mode must be 'masked' or 'routed', got {mode!r}")
-        self.model = model
-        self.gamma = check_gamma(gamma)
-        self.mode = mode
+        if fixed_policy is not None:  # validates the name and k
+            heuristic_policy(fixed_policy, 1, model.num_blocks, fixed_blocks, model.stage_sizes)
+        self.model, self.mode, self.teacher = model, mode, teacher
+        self.fixed_policy, self.fixed_blocks = fixed_policy, fixed_blocks
         model.requires_grad_(True)
-        self.distill_weight = float(distill_weight)
-        self.distill_temperature = float(distill_temperature)
-        if self.distill_weight and teacher is None:
-            raise ValueError('distill_weight > 0 needs a teacher (the full ResNet)')
-        self.teacher = teacher if self.distill_weight else None
-        if self.teacher is not None:
-            self.teacher.requires_grad_(False)
-            self.teacher.eval()
+        if fixed_policy is not None:
+            model.policy.requires_grad_(False)  # unused: the heuristic decides
+        if teacher is not None:
+            teacher.requires_grad_(False)
+            teacher.eval()
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -190,52 +191,23 @@ class _FinetuneStepBase(nn.Module):
             self.teacher.eval()  # frozen: BatchNorm keeps its running statistics
         return self
 
-    def _distil(self, out: Dict[str, torch.Tensor], logits: torch.Tensor, images: torch.Tensor):
-        """Add w * kd to out['loss'] (and kd_loss to out) where there is a teacher."""
-        if self.teacher is not None:
-            with torch.no_grad():
-                teacher_logits = self.teacher(images)
-            kd = distill_loss(logits, teacher_logits, self.distill_temperature)
-            out['loss'] = out['loss'] + self.distill_weight * kd
-            out['kd_loss'] = kd.detach()
-        return out
-
-
-class FinetuneStep(_FinetuneStepBase):
-    """One joint-finetuning step (Alg. 1 line 15): policy-gradient loss + cross-entropy under the sampled policy.
-
-    ``pg_weight`` scales the per-row mean of the policy-gradient term (the global batch size reproduces the
-    reference's sum over the batch); ``mode`` is how the sampled pass runs the blocks ('masked', as the reference:
-    every block on the whole batch; or 'routed': each block only on the rows that keep it, which changes what
-    BatchNorm's batch statistics see). The greedy pass runs under no_grad on the shared stem output.
-    """
-
-    def __init__(self, model: nn.Module, gamma: float, pg_weight: float = 1.0, beta: float = 0.0,
-                 entropy_form: str = 'reference', mode: str = 'masked', teacher: Optional[nn.Module] = None,
-                 distill_weight: float = 0.0, distill_temperature: float = 4.0):
-        super().__init__(model, gamma, mode, teacher, distill_weight, distill_temperature)
-        if entropy_form not in ENTROPY_FORMS:
-            raise ValueError(f"entropy form must be one of {', '.join(ENTROPY_FORMS)}, got {entropy_form!r}")
-        self.pg_weight = float(pg_weight)
-        self.beta = float(beta)
-        self.entropy_form = entropy_form
-
-    def forward(self, images: torch.Tensor, targets: torch.Tensor, seeds: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def forward(self, images: torch.Tensor, seeds: torch.Tensor) -> Dict[str, torch.Tensor]:
         model = self.model
-        probs, probs_b, keep, keep_greedy = _sampled_and_greedy(model, images, seeds)
+        if self.fixed_policy is None:
+            probs, keep, keep_greedy = _sampled_and_greedy(model, images, seeds)
+        else:
+            keep = fixed_keep(self.fixed_policy, seeds, model.num_blocks, self.fixed_blocks,
+                              model.stage_sizes).to(images.device)
+            probs = keep_greedy = keep
         h = model.forward_stem(images)
         logits = model.forward_head(model.forward_blocks(h, keep, mode=self.mode))
         with torch.no_grad():
-            logits_greedy = model.forward_head(model.forward_blocks(h.detach(), keep_greedy, mode=self.mode))
-            correct = logits.detach().argmax(1) == targets
-            r = reward(keep, correct, self.gamma)
-            r_greedy = reward(keep_greedy, logits_greedy.argmax(1) == targets, self.gamma)
-            adv = advantage(r, r_greedy)
-        loss, pg, ce = finetune_loss(probs_b, keep, adv, logits, targets, self.pg_weight, self.beta,
-                                     self.entropy_form)
-        out = dict(loss=loss, pg_loss=pg.detach(), ce_loss=ce.detach(), keep=keep, correct=correct, reward=r,
-                   greedy_reward=r_greedy)
-        return self._distil(out, logits, images)
+            logits_greedy = logits.detach() if keep_greedy is keep else model.forward_head(
+                model.forward_blocks(h.detach(), keep_greedy, mode=self.mode))
+            out = dict(probs=probs, keep=keep, keep_greedy=keep_greedy, logits=logits, logits_greedy=logits_greedy)
+            if self.teacher is not None:
+                out['teacher_logits'] = self.teacher(images)
+        return out
 
 
 def fixed_keep(name: str, seeds: torch.Tensor, num_blocks: int, k: int, stage_sizes: Sequence[int]) -> torch.Tensor:
@@ -245,32 +217,3 @@ def fixed_keep(name: str, seeds: torch.Tensor, num_blocks: int, k: int, stage_si
     blocks in any batch, on any number of processes and after a resume.
     """
     return heuristic_policy(name, len(seeds), num_blocks, k, stage_sizes, seeds=seeds)
-
-
-class FixedPolicyStep(_FinetuneStepBase):
-    """Finetuning the ResNet under a heuristic policy: the FirstK / RandomK / DistributeK (ft) baselines of Table 1.
-
-    Cross-entropy of the ResNet run under ``fixed_keep`` (the policy network is frozen and unused), plus the same
-    distillation term as ``FinetuneStep`` when given a teacher, so a baseline trains exactly as BlockDrop does;
-    ``reward`` (Eq. 3 with ``gamma``) is reported for comparison only. Same outputs as ``FinetuneStep`` (pg_loss 0).
-    """
-
-    def __init__(self, model: nn.Module, policy: str, blocks: int, gamma: float = 5.0, mode: str = 'masked',
-                 teacher: Optional[nn.Module] = None, distill_weight: float = 0.0, distill_temperature: float = 4.0):
-        heuristic_policy(policy, 1, model.num_blocks, blocks, model.stage_sizes)  # validates name and k
-        super().__init__(model, gamma, mode, teacher, distill_weight, distill_temperature)
-        self.policy_name = policy
-        self.blocks = int(blocks)
-        model.policy.requires_grad_(False)
-
-    def forward(self, images: torch.Tensor, targets: torch.Tensor, seeds: torch.Tensor) -> Dict[str, torch.Tensor]:
-        model = self.model
-        keep = fixed_keep(self.policy_name, seeds, model.num_blocks, self.blocks, model.stage_sizes).to(images.device)
-        logits = model.forward_head(model.forward_blocks(model.forward_stem(images), keep, mode=self.mode))
-        ce = F.cross_entropy(logits.float(), targets)
-        with torch.no_grad():
-            correct = logits.argmax(1) == targets
-            r = reward(keep, correct, self.gamma)
-        out = dict(loss=ce, pg_loss=torch.zeros((), device=ce.device), ce_loss=ce.detach(), keep=keep,
-                   correct=correct, reward=r, greedy_reward=r)
-        return self._distil(out, logits, images)
