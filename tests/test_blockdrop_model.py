@@ -195,15 +195,26 @@ def test_save_load_roundtrip_wrapped_cifar(r32, tmp_path):
         assert k == k2 and torch.equal(v, v2)
 
 
-def test_save_load_roundtrip_wrapped_seresnext(tmp_path):
-    base = timm.create_model('seresnext26d_32x4d', num_classes=5)
+@pytest.mark.parametrize('name', ['seresnext26d_32x4d', 'resnet50d'])
+def test_save_load_roundtrip_wrapped_base_without_entry(tmp_path, name):
+    """A base with no blockdrop_* entry saves under the generic 'blockdrop' entry naming its base (not as
+    blockdrop_resnet50) and rebuilds bit-identically through local-dir:."""
+    base = timm.create_model(name, num_classes=5)
     m = timm_blockdrop.wrap(base).eval()
     cfg, loaded = _roundtrip(m, tmp_path)
-    assert cfg['model_args']['base_model'] == 'seresnext26d_32x4d'
-    assert type(loaded.base).__name__ == 'ResNet' and loaded.num_classes == 5
+    assert cfg['architecture'] == 'blockdrop' and cfg['model_args']['base_model'] == name
+    assert loaded.pretrained_cfg['architecture'] == 'blockdrop' and loaded.num_classes == 5
+    assert type(loaded.base) is type(base) and loaded.base.pretrained_cfg['architecture'] == name
+    for (k, v), (k2, v2) in zip(m.state_dict().items(), loaded.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2)
     x = torch.randn(2, 3, 96, 96)
     with torch.no_grad():
         assert torch.equal(loaded(x), m(x))
+
+
+def test_generic_entry_needs_a_base():
+    with pytest.raises(ValueError, match='base_model='):
+        timm.create_model('blockdrop')
 
 
 def test_plain_base_checkpoint_into_blockdrop_is_named(resnet32_file):

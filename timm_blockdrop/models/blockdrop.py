@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 import timm
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import ResNet, generate_default_cfgs, is_model, register_model
 from timm.models._features import feature_take_indices
 
@@ -397,7 +398,8 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: BlockDropRe
 
 def _create_blockdrop(variant: str, pretrained: bool = False, **kwargs) -> BlockDropResNet:
     # features: the stem and every stage (4 taps for CIFAR ResNets, 5 for ImageNet ones), gated
-    out_indices = kwargs.pop('out_indices', (0, 1, 2, 3) if 'cifar' in variant else (0, 1, 2, 3, 4))
+    cifar = 'cifar' in kwargs.get('base_model', variant)
+    out_indices = kwargs.pop('out_indices', (0, 1, 2, 3) if cifar else (0, 1, 2, 3, 4))
     return build_with_clear_errors(
         BlockDropResNet, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
@@ -406,11 +408,11 @@ def _create_blockdrop(variant: str, pretrained: bool = False, **kwargs) -> Block
     )
 
 
-def _entry_for(base: nn.Module, arch: str) -> str:
+def _entry_for(arch: str) -> str:
+    """The timm entry a wrapped ``arch`` is saved under: ``blockdrop_<arch>`` where one is registered, else the
+    generic ``blockdrop`` entry (the base is then named by ``base_model`` in config.json's model_args)."""
     name = f'blockdrop_{arch}'
-    if is_model(name):
-        return name
-    return 'blockdrop_cifar_resnet56' if isinstance(base, CifarResNet) else 'blockdrop_resnet50'
+    return name if is_model(name) else GENERIC_ENTRY
 
 
 def wrap(
@@ -424,7 +426,9 @@ def wrap(
 
     The policy defaults follow the paper: ResNet-8 on the full image for inputs up to 64 px (CIFAR), else
     ResNet-10 on the image average-pooled to 112 px. The result saves with ``timm.models.save_for_hf`` and
-    loads back with ``timm.create_model('local-dir:...', pretrained=True)``.
+    loads back with ``timm.create_model('local-dir:...', pretrained=True)``; its ``config.json`` names the
+    architecture ``blockdrop_<base>`` where that entry exists (``blockdrop_resnet50``), else ``blockdrop`` with the
+    base in ``model_args.base_model`` (``seresnext26d_32x4d``).
     """
     _check_supported(base)
     base_cfg = dict(getattr(base, 'pretrained_cfg', None) or {})
@@ -439,7 +443,7 @@ def wrap(
         policy_img_size = None if small_input else 112
     base_kwargs = {k: v for k, v in getattr(base, '_model_args', {}).items() if k not in _TOP_LEVEL_ARGS}
 
-    entry = _entry_for(base, arch)
+    entry = _entry_for(arch)
     cfg = {k: v for k, v in base_cfg.items() if k not in _SOURCE_KEYS}
     first_conv = base_cfg.get('first_conv') or 'conv1'
     first_conv = (first_conv,) if isinstance(first_conv, str) else tuple(first_conv)
@@ -458,7 +462,16 @@ def wrap(
     )
 
 
-default_cfgs = generate_default_cfgs(blockdrop_pretrained_cfgs())
+GENERIC_ENTRY = 'blockdrop'
+
+default_cfgs = generate_default_cfgs({
+    **blockdrop_pretrained_cfgs(),
+    # what wrap() saves a base with no blockdrop_* entry under; its own config.json replaces these values
+    GENERIC_ENTRY: dict(
+        url='', num_classes=1000, input_size=(3, 224, 224), pool_size=(7, 7), crop_pct=0.875,
+        interpolation='bilinear', mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
+        first_conv=('base.conv1', 'policy.conv1'), classifier='base.fc', paper_ids=PAPER_ID),
+})
 
 
 def _imagenet_args(depth: int) -> Dict[str, Any]:
@@ -467,6 +480,16 @@ def _imagenet_args(depth: int) -> Dict[str, Any]:
 
 def _cifar_args(depth: int) -> Dict[str, Any]:
     return dict(base_model=f'cifar_resnet{depth}', policy_model='policy_resnet8', policy_img_size=None)
+
+
+@register_model
+def blockdrop(pretrained: bool = False, **kwargs) -> BlockDropResNet:
+    """BlockDrop on any supported base named by ``base_model`` (``wrap()`` saves bases with no entry of their own
+    under it), e.g. ``timm.create_model('blockdrop', base_model='seresnext26d_32x4d')``."""
+    if not kwargs.get('base_model'):
+        raise ValueError("the 'blockdrop' entry needs base_model=<a ResNet-class timm model>, e.g. "
+                         "timm.create_model('blockdrop', base_model='resnet50d')")
+    return _create_blockdrop(GENERIC_ENTRY, pretrained, **kwargs)
 
 
 @register_model
