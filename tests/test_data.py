@@ -202,3 +202,52 @@ def test_string_labels_found_by_name(tmp_path, capsys):
                                         f"holds string values, not integer class indices"), err
     with pytest.raises(ValueError, match="label column 'label' holds string values"):
         find_columns(tiny_dataset(['cat'], num_classes=None))
+
+
+# ---- issue 14 item 1 groundwork: an ImageNet-shaped dataset through timm's 224 px transforms ----
+
+@pytest.fixture(scope='module')
+def imagenet_like_folders(tmp_path_factory):
+    """The same tiny ImageNet-shaped data as parquet shards and as an image folder."""
+    from tiny_data import write_imagenet_folder, write_imagenet_parquet
+    root = tmp_path_factory.mktemp('imagenet_like')
+    return {'parquet': write_imagenet_parquet(root / 'parquet'), 'folder': write_imagenet_folder(root / 'folder')}
+
+
+@pytest.mark.parametrize('layout', ['parquet', 'folder'])
+@pytest.mark.parametrize('streaming', [False, True])
+def test_imagenet_shaped_data_through_224px_transforms(imagenet_like_folders, layout, streaming):
+    """Varied sizes, grayscale, CMYK and RGBA images come out as 3 x 224 x 224 batches, train and eval."""
+    import timm
+    import torch
+    from timm_blockdrop.data import (SampleSeeds, eval_transform, find_columns, make_loader, make_train_loader,
+                                     streaming_train_split, train_transform, with_index, with_seeded_transform,
+                                     with_transform)
+    from tiny_data import IMAGENET_LIKE
+    folder = str(imagenet_like_folders[layout])
+    model = timm.create_model('resnet18')  # only its pretrained_cfg matters: 224 px, bicubic, ImageNet mean/std
+    assert model.pretrained_cfg['input_size'] == (3, 224, 224)
+    if streaming:
+        train, image_column, label_column, rows = streaming_train_split(folder, 'train', None, None, seed=0,
+                                                                        shuffle_buffer=8, num_classes=1000,
+                                                                        max_samples=24)  # local: no row count
+    else:
+        train = load_split(folder, 'train')
+        image_column, label_column = find_columns(train, data=folder)
+        check_labels(train, label_column, 1000, folder)
+        train, rows = with_index(train), len(train)
+    assert (image_column, label_column, rows) == ('image', 'label', 24)
+    train = with_seeded_transform(train, train_transform(model), image_column, label_column, SampleSeeds(0))
+    batches = list(make_train_loader(train, 8, shuffle=not streaming, data=folder))
+    assert len(batches) == 3
+    for batch in batches:
+        assert batch['pixel_values'].shape == (8, 3, 224, 224) and batch['pixel_values'].dtype == torch.float32
+        assert batch['label'].tolist() and all(0 <= y < 4 for y in batch['label'].tolist())
+    labels = sorted(y for b in batches for y in b['label'].tolist())
+    assert labels == sorted(i % 4 for i in range(24))  # every row once, whatever the order
+    assert {mode for _, _, mode, _ in IMAGENET_LIKE} == {'RGB', 'L', 'CMYK', 'RGBA'}
+
+    val = load_split(folder, 'validation')
+    with_transform(val, eval_transform(model), *find_columns(val, data=folder))
+    (images, targets), = list(make_loader(val, 8, data=folder))
+    assert images.shape == (8, 3, 224, 224) and sorted(targets.tolist()) == sorted(i % 4 for i in range(8))
