@@ -147,3 +147,68 @@ def test_compare_full_times_the_full_model_on_the_same_batches(tmp_path, shared,
         assert r[f'speedup_vs_{name}'] == pytest.approx(r['images_per_s'] / r[f'{name}_images_per_s'])
     out = capsys.readouterr().out
     assert f"speed-up {r['speedup_vs_full_fast']:.2f}x" in out and 'vs full_timm' in out
+
+
+# ---- issue 13 item 11: a sentence, before any work, instead of a silent default or a traceback ----
+
+def _one_sentence(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and 'Traceback' not in err, err
+    return err
+
+
+@pytest.mark.parametrize('argv,message', [
+    (['eval', '--model', 'cifar_resnet20', '--pretrained-file', str(RESNET_FILES[20]), '--max-samples', '-5'],
+     '--max-samples must be a positive integer, got -5'),
+    (['eval', '--model', 'cifar_resnet20', '--pretrained-file', str(RESNET_FILES[20]), '--max-samples', '0'],
+     '--max-samples must be a positive integer, got 0'),
+    (['eval', '--model', 'cifar_resnet20', '--pretrained-file', str(RESNET_FILES[20]), '--blocks', '5'],
+     '--blocks 5 applies to firstk, randomk and distributek only: the full policy keeps all 9 blocks'),
+    (['bench', '--model', 'blockdrop_cifar_resnet20', '--image-size', '0'],
+     '--image-size must be a positive integer, got 0'),
+    (['bench', '--model', 'blockdrop_cifar_resnet20', '--image-size', '-3'],
+     '--image-size must be a positive integer, got -3'),
+    (['bench', '--model', 'blockdrop_cifar_resnet20', '--threads', '-1'], '--threads must be a positive integer, got -1'),
+])
+def test_bad_counts_are_refused(capsys, shared, argv, message):
+    if argv[0] == 'eval':
+        argv = argv + ['--data', str(CIFAR10), '--quiet']
+    assert main(argv + ['--repeats', '1'] if argv[0] == 'bench' else argv) == 2
+    assert message in _one_sentence(capsys)
+
+
+def test_blocks_with_the_learned_policy_is_refused(tmp_path, shared, capsys):
+    model = timm_blockdrop.wrap(timm.create_model('cifar_resnet20'))
+    save_for_hf(model, tmp_path / 'ckpt', safe_serialization=True)
+    assert main(['eval', '--checkpoint', str(tmp_path / 'ckpt'), '--data', str(CIFAR10), '--max-samples', '8',
+                 '--quiet', '--blocks', '5']) == 2
+    assert '--blocks 5 applies to firstk, randomk and distributek only: the learned policy decides' in \
+        _one_sentence(capsys)
+
+
+def test_json_naming_a_folder_fails_before_the_work(tmp_path, shared, capsys, monkeypatch):
+    def no_work(*args, **kwargs):
+        raise AssertionError('the work ran before the --json path was checked')
+
+    from timm_blockdrop.tools import bench, cli
+    monkeypatch.setattr(cli, 'load_model', no_work)
+    monkeypatch.setattr(bench, 'load_model', no_work)
+    for argv in (['eval', '--model', 'cifar_resnet20', '--data', str(CIFAR10)],
+                 ['bench', '--model', 'blockdrop_cifar_resnet20']):
+        assert main(argv + ['--json', str(tmp_path)]) == 2
+        assert f'--json {tmp_path} is a folder' in _one_sentence(capsys)
+    (tmp_path / 'file').write_text('')
+    assert main(['eval', '--model', 'cifar_resnet20', '--data', str(CIFAR10),
+                 '--json', str(tmp_path / 'file' / 'r.json')]) == 2
+    assert 'is a file, not a folder' in _one_sentence(capsys)
+
+
+@pytest.mark.parametrize('command', ['eval', 'bench'])
+def test_unsupported_model_offline_says_unsupported_not_hub(capsys, shared, tmp_path, monkeypatch, command):
+    """convnext_atto has weights on the Hub, none cached here: support is checked first, from the architecture."""
+    monkeypatch.setenv('HF_HUB_CACHE', str(tmp_path))
+    argv = ['eval', '--data', str(CIFAR10), '--quiet'] if command == 'eval' else ['bench', '--pretrained-file',
+                                                                                    str(tmp_path / 'w.pth')]
+    assert main(argv + ['--model', 'convnext_atto']) == 2
+    err = _one_sentence(capsys)
+    assert "'convnext_atto' is a ConvNeXt" in err and 'BlockDrop cannot gate' in err and 'Hub' not in err

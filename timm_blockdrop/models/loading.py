@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, UnsupportedModelError, hub_errors
-from .blockdrop import SUPPORTED_BASES, BlockDropResNet, wrap
+from .blockdrop import GENERIC_ENTRY, SUPPORTED_BASES, BlockDropResNet, wrap
 from .checkpoints import checkpoint_weights_file, read_hf_config
 
 __all__ = ['load_model', 'as_blockdrop', 'REQUIRE']
@@ -81,11 +81,11 @@ def load_model(model: Optional[str] = None, checkpoint: Optional[str] = None, pr
 def _check_required(arch: str, require: Optional[str], what: str, model_args: Optional[dict] = None,
                     model: Optional[nn.Module] = None) -> None:
     """Check ``require`` for ``arch``: from ``model`` if built, else from a weightless copy on the meta device."""
-    if require is None or arch.startswith('blockdrop_') or isinstance(model, BlockDropResNet):
+    if require is None or arch == GENERIC_ENTRY or arch.startswith('blockdrop_') or isinstance(model, BlockDropResNet):
         return
     if require == 'blockdrop':
         raise CheckpointError(
-            f"{what} holds a '{arch}', not a BlockDrop model (blockdrop_*): wrap a ResNet with "
+            f"{what} holds a '{arch}', not a BlockDrop model (blockdrop*): wrap a ResNet with "
             f"timm_blockdrop.wrap(model) and save that with timm.models.save_for_hf(model, DIR, "
             f"safe_serialization=True)")
     if model is None:

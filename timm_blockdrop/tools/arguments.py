@@ -1,13 +1,27 @@
-"""Where the tools write their reports (``--json``, ``--plot``): checked before the work starts, written at the end."""
+"""What the tools' command lines name, checked before any model runs (counts, output files), and the JSON they write.
+
+A value that cannot work is refused in one sentence at the start, not after a whole evaluation, and never replaced
+silently by a default.
+"""
 import json
 from pathlib import Path
 from typing import Any, Optional
 
-__all__ = ['check_output_file', 'write_json']
+__all__ = ['check_positive', 'check_output_file', 'write_json']
+
+
+def check_positive(**flags: Optional[int]) -> None:
+    """Refuse a count below 1: ``check_positive(batch_size=..., max_samples=...)`` names ``--batch-size`` etc.
+
+    ``None`` means "not given" and passes.
+    """
+    for name, value in flags.items():
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
 
 
 def check_output_file(path: Optional[str], flag: str) -> None:
-    """Refuse, before any model runs, an output path that cannot be written as a file (one sentence)."""
+    """Refuse an output path that cannot be written as a file (a folder, or below a file), in one sentence."""
     if not path:
         return
     out = Path(path)

@@ -10,16 +10,15 @@ For each batch size, times side by side, with warm-up and interleaved repeats:
 ``full_ms = min(full_timm_ms, full_fast_ms)``; ``ideal_ms = full_ms * flops_ratio`` where ``flops_ratio`` is
 the mean BlockDrop FLOPs (policy included) over the full FLOPs; ``efficiency = ideal_ms / routed_ms``.
 """
-import json
 import math
 import platform
 import statistics
 import time
-from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
+from .arguments import check_output_file, check_positive, write_json
 from ..models.fused import tune_cpu_allocator
 from ..models.loading import as_blockdrop, load_model
 from .train_bench import measure_train_throughput
@@ -80,11 +79,10 @@ def bench_inference(
         raise ValueError(f"--policy must be 'random' or 'learned', got '{policy}'")
     if not 0.0 <= keep_prob <= 1.0:
         raise ValueError(f'--keep must lie in [0, 1], got {keep_prob}')
-    if repeats < 1:
-        raise ValueError(f'--repeats must be at least 1, got {repeats}')
+    check_positive(repeats=repeats, image_size=image_size)  # --image-size 0 is no size, not "the default"
     model = model.eval().to(device)
     base = model.base
-    size = image_size or model.pretrained_cfg['input_size'][-1]
+    size = model.pretrained_cfg['input_size'][-1] if image_size is None else image_size
     results = []
     with torch.inference_mode():
         fused = model.fuse()  # explicit: the frozen, fused inference copy
@@ -185,6 +183,8 @@ def _batch_sizes(text: str) -> List[int]:
 
 
 def run_bench(args) -> List[Dict]:
+    check_positive(threads=args.threads, repeats=args.repeats, image_size=args.image_size)
+    check_output_file(args.json, '--json')
     allocator_tuned = tune_cpu_allocator() if args.device == 'cpu' else False
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -211,6 +211,5 @@ def run_bench(args) -> List[Dict]:
                                 cpu_allocator_tuned=allocator_tuned,
                                 machine=platform.machine(), processor=platform.processor() or None),
         }
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=2) + '\n')
+        write_json(args.json, out)
     return results

@@ -4,15 +4,14 @@ Thin: parse arguments, call library functions, print the report and write JSON. 
 (bad names, paths, values) print one line and exit with status 2, without a traceback.
 """
 import argparse
-import json
 import os
 import sys
-from pathlib import Path
 from typing import List, Optional
 
 import torch
 
 from . import bench, compare, hub
+from .arguments import check_output_file, check_positive, write_json
 from .evaluation import POLICIES, evaluate_policy, format_report
 from ..data import check_labels, eval_transform, find_columns, load_split, make_loader, with_transform
 from ..errors import USER_ERRORS
@@ -45,8 +44,8 @@ def _add_eval(sub) -> None:
 
 
 def run_eval(args) -> dict:
-    if args.batch_size < 1:
-        raise ValueError(f'--batch-size must be positive, got {args.batch_size}')
+    check_positive(batch_size=args.batch_size, max_samples=args.max_samples)
+    check_output_file(args.json, '--json')
     loaded = load_model(args.model, args.checkpoint, args.pretrained_file, require='wrappable')
     policy = args.policy or ('learned' if isinstance(loaded, BlockDropResNet) else 'full')
     if policy == 'learned' and not isinstance(loaded, BlockDropResNet):
@@ -56,7 +55,7 @@ def run_eval(args) -> dict:
     if args.threshold is not None:
         model.threshold = args.threshold
     dataset = load_split(args.data, args.split)
-    image_column, label_column = find_columns(dataset, args.image_column, args.label_column)
+    image_column, label_column = find_columns(dataset, args.image_column, args.label_column, args.data)
     if args.max_samples is not None:
         dataset = dataset.select(range(min(args.max_samples, len(dataset))))
     check_labels(dataset, label_column, model.num_classes, args.data)
@@ -65,12 +64,11 @@ def run_eval(args) -> dict:
     torch.manual_seed(args.seed)
     report = evaluate_policy(model, loader, policy, args.blocks, seed=args.seed, device=args.device,
                              progress=not args.quiet, compare_full=args.compare_full)
-    report.update(model=loaded.pretrained_cfg.get('architecture'), checkpoint=args.checkpoint, pretrained_file=args.pretrained_file, data=args.data,
-                  split=args.split)
+    report.update(model=loaded.pretrained_cfg.get('architecture'), checkpoint=args.checkpoint,
+                  pretrained_file=args.pretrained_file, data=args.data, split=args.split)
     print(format_report(report))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2) + '\n')
+        write_json(args.json, report)
     return report
 
 

@@ -18,7 +18,7 @@ from timm.data import resolve_data_config
 from tqdm.auto import tqdm
 
 from .bench import interleaved_times, ms_summary
-from .reports import check_output_file, write_json
+from .arguments import check_output_file, check_positive, write_json
 from ..data import check_labels, eval_transform, find_columns, load_split, make_loader, with_transform
 from ..models.blockdrop import BlockDropResNet
 from ..models.fused import tune_cpu_allocator
@@ -182,10 +182,8 @@ def add_compare_arguments(sub) -> None:
 
 
 def _check_args(args) -> None:
-    for flag, value in (('--batch-size', args.batch_size), ('--time-batches', args.time_batches),
-                        ('--repeats', args.repeats), ('--threads', args.threads), ('--max-samples', args.max_samples)):
-        if value is not None and value < 1:
-            raise ValueError(f'{flag} must be a positive integer, got {value}')
+    check_positive(batch_size=args.batch_size, max_samples=args.max_samples, threads=args.threads,
+                   time_batches=args.time_batches, repeats=args.repeats)
     check_output_file(args.json, '--json')
     check_output_file(args.plot, '--plot')
     if args.plot and Figure is None:
@@ -204,7 +202,7 @@ def run_compare(args) -> Dict:
         twice = sorted({x for x in labels if labels.count(x) > 1})
         raise ValueError(f"two SPECs have the same label ({', '.join(twice)}): give each model once")
     dataset = load_split(args.data, args.split)
-    image_column, label_column = find_columns(dataset, args.image_column, args.label_column)
+    image_column, label_column = find_columns(dataset, args.image_column, args.label_column, args.data)
     if args.max_samples is not None:
         dataset = dataset.select(range(min(args.max_samples, len(dataset))))
     if len(dataset) == 0:

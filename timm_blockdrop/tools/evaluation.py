@@ -50,6 +50,11 @@ def evaluate_policy(
         raise ValueError(f"unknown policy '{policy}': choose one of {', '.join(POLICIES)}")
     if policy in ('firstk', 'randomk', 'distributek'):
         heuristic_policy(policy, 1, model.num_blocks, blocks, model.stage_sizes)  # validates k early
+    elif blocks is not None:
+        what = ('decides the blocks of each image (move its threshold with --threshold)' if policy == 'learned'
+                else f'keeps all {model.num_blocks} blocks')
+        raise ValueError(f'--blocks {blocks} applies to firstk, randomk and distributek only: the {policy} policy '
+                         f'{what}')
     generator = torch.Generator().manual_seed(seed)
     metric = load_accuracy_metric()
     model.eval().to(device)

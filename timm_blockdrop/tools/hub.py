@@ -160,7 +160,7 @@ def _split_spec(report: Dict[str, Any], dataset: Dict[str, Any]) -> str:
 def _registered_tag(arch: str, dataset: Dict[str, Any], repo_id: str) -> Optional[str]:
     """The timm 'entry.tag' whose ``hf_hub_id`` is ``repo_id``, if any: ``pretrained=True`` on it loads this repo."""
     name = f"{arch}.{dataset['tag']}" if dataset.get('tag') else None
-    cfg = timm.models.get_pretrained_cfg(name) if name else None
+    cfg = timm.models.get_pretrained_cfg(name) if name in timm.list_pretrained(arch) else None
     return name if cfg is not None and cfg.hf_hub_id == repo_id else None
 
 
