@@ -248,3 +248,37 @@ def test_forward_blocks_composes(r32):
         assert torch.allclose(out, m.forward_with_policy(x, keep), atol=1e-5)
     with pytest.raises(ValueError, match='outside'):
         m.forward_blocks(h, keep, 6, 16)
+
+
+@pytest.mark.parametrize('policy_model,match', [
+    ('vit_tiny_patch16_224', "policy model 'vit_tiny_patch16_224' is a VisionTransformer"),
+    ('resnetv2_18', 'must be a ResNet-class'),
+    ('no_such_policy', "unknown policy model 'no_such_policy'"),
+])
+def test_wrap_refuses_a_policy_that_cannot_be_one(policy_model, match):
+    """Issue 13 item 10: at wrap time, with a sentence, not on the first forward."""
+    with pytest.raises((UnsupportedModelError, ValueError), match=match):
+        timm_blockdrop.wrap(timm.create_model('cifar_resnet20'), policy_model=policy_model)
+
+
+@pytest.mark.parametrize('shape,match', [
+    ((3, 32, 32), r'batch of images of shape \(B, 3, H, W\), got shape \(3, 32, 32\).*unsqueeze\(0\)'),
+    ((2, 1, 32, 32), 'the input has 1 channels, the model expects 3'),
+])
+def test_input_without_batch_dim_or_wrong_channels_is_a_sentence(shape, match):
+    """Issue 13 item 11: not 'required rank 4 tensor to use channels_last', on every entry point."""
+    m = timm.create_model('blockdrop_cifar_resnet20').eval()
+    x = torch.randn(*shape)
+    calls = [m, m.fuse(), lambda t: m.forward_with_policy(t, torch.ones(1, 9)), m.policy_probs, m.forward_features,
+             lambda t: m.fuse().forward_full(t)]
+    for call in calls:
+        with pytest.raises(ValueError, match=match):
+            with torch.no_grad():
+                call(x)
+
+
+@pytest.mark.parametrize('img_size', [-5, 0, (32, -1), (32,), 'big', 3.5])
+def test_flops_of_a_bad_image_size_is_a_sentence(img_size):
+    m = timm.create_model('blockdrop_cifar_resnet20')
+    with pytest.raises(ValueError, match=r'img_size must be a positive int or a pair \(H, W\)'):
+        m.flops(torch.ones(1, 9), img_size=img_size)

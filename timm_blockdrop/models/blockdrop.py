@@ -54,6 +54,36 @@ def _check_supported(base: nn.Module) -> None:
     )
 
 
+def _create_policy(policy_model: str, num_blocks: int, in_chans: int) -> nn.Module:
+    """The policy network f_pn with K outputs, refused here (not on the first forward) if it cannot be one."""
+    if not isinstance(policy_model, str) or not is_model(policy_model):
+        raise ValueError(f'unknown policy model {policy_model!r}: not a registered timm model (use policy_resnet8 '
+                         f'or policy_resnet10, or another ResNet-class timm model)')
+    policy = timm.create_model(policy_model, num_classes=num_blocks, in_chans=in_chans)
+    # the policy runs as a ResNet (stem, residual stages, head), in the model and in its fused copy
+    if not isinstance(policy, SUPPORTED_BASES) or not residual_stages(policy):
+        raise UnsupportedModelError(
+            f"policy model '{policy_model}' is a {type(policy).__name__}: the policy network must be a ResNet-class "
+            f'timm model (policy_resnet8, policy_resnet10, or any resnet* / cifar_resnet*)')
+    if policy.num_classes != num_blocks:
+        raise UnsupportedModelError(f"policy model '{policy_model}' gives {policy.num_classes} outputs, the policy "
+                                    f'needs one per block: K = {num_blocks}')
+    return policy
+
+
+def _check_img_size(img_size) -> Tuple[int, int]:
+    """(H, W) from an int or a pair of positive ints; a sentence otherwise."""
+    size = (img_size, img_size) if isinstance(img_size, int) else img_size
+    try:
+        size = tuple(size)
+    except TypeError:
+        size = None
+    if (size is None or len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in size)
+            or min(size) < 1):
+        raise ValueError(f'img_size must be a positive int or a pair (H, W) of positive ints, got {img_size!r}')
+    return size
+
+
 def _prefix_pattern(pattern: str, prefix: str) -> str:
     return rf'^{prefix}\.(?:' + pattern.replace('^', '') + ')'
 
@@ -114,7 +144,7 @@ class BlockDropResNet(nn.Module):
             raise ValueError(f"num_blocks={num_blocks} does not match base '{base_model}', which has K = "
                              f'{self.num_blocks} residual blocks')
         self.in_chans = in_chans
-        self.policy = timm.create_model(policy_model, num_classes=self.num_blocks, in_chans=in_chans)
+        self.policy = _create_policy(policy_model, self.num_blocks, in_chans)
         self.num_classes = self.base.num_classes
         self.num_features = self.base.num_features
         self.head_hidden_size = self.base.head_hidden_size
@@ -356,7 +386,7 @@ class BlockDropResNet(nn.Module):
         """(per-part FLOPs of the base, FLOPs of the policy network) at ``img_size`` (default: the cfg's)."""
         if img_size is None:
             img_size = tuple(self.pretrained_cfg['input_size'][-2:])
-        img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        img_size = _check_img_size(img_size)
         if img_size not in self._flops_cache:
             param = next(self.parameters())
             x = torch.zeros(1, self.in_chans, *img_size, device=param.device, dtype=param.dtype)
