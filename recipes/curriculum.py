@@ -19,6 +19,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from timm_blockdrop.models.policies import greedy
+from timm_blockdrop.train.budget import BlockBudget
 from timm_blockdrop.train.build import build_model, init_policy_from_base, init_policy_keep
 from timm_blockdrop.train.config import recipe_main
 from timm_blockdrop.train.curriculum import force_prefix, num_forced
@@ -42,6 +43,11 @@ def training_function(config, args):
     if config.policy_init_keep is not None:
         init_policy_keep(model, config.policy_init_keep)
     num_blocks = model.num_blocks
+    # With budget_blocks the reward pays a price per block that dual ascent raises until the greedy policy keeps
+    # that many blocks (beyond the paper: train/budget.py); the price is saved and resumed with the run
+    budget = BlockBudget(config.budget_blocks, num_blocks, config.budget_lr) if config.budget_blocks else None
+    if budget is not None:
+        accelerator.register_for_checkpointing(budget)
 
     # Only the policy network learns; prepare() shares data, DDP, schedule, resume and logs with finetune.py
     optimizer = torch.optim.Adam(model.policy.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -54,13 +60,19 @@ def training_function(config, args):
             labels = batch['label']
             with accelerator.accumulate(run.module):
                 out = run.module(batch['pixel_values'], batch['seed'], n_forced)  # u, u~ and the ResNet under both
-                r, correct, adv = rewards(out, labels, config.gamma)  # R(u) (Eq. 3), A = R(u) - R(u~) (Eq. 6)
+                # R(u) (Eq. 3, minus the budget's price of u), A = R(u) - R(u~) (Eq. 6)
+                r, correct, adv = rewards(out, labels, config.gamma, budget)
                 # REINFORCE on the decided blocks minus beta x entropy, / batch (Eq. 5, the reference's form)
                 loss = curriculum_loss(out['probs'], out['keep'], adv, n_forced, config.beta, config.entropy)
                 accelerator.backward(loss)
                 optimizer.step()
                 optimizer.zero_grad()
-            run.record(out['keep'], correct, r, loss)
+                extra = {}
+                if budget is not None and n_forced <= budget.target * num_blocks:  # (reachable at this stage)
+                    # dual ascent on the price: up while the greedy policy is over budget
+                    extra['budget_price'] = torch.tensor(budget.update(
+                        accelerator.reduce(budget.cost(out['keep_greedy']).mean(), 'mean').item()))
+            run.record(out['keep'], correct, r, loss, **extra)
         val = run.evaluate(greedy_policy(model, n_forced)) if run.evaluates(epoch) else {}
         run.end_epoch(epoch, val, decided_blocks=num_blocks - n_forced)
 

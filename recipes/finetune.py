@@ -15,7 +15,6 @@ The same script runs on one CPU, on N CPU processes (``accelerate launch --multi
 asks Accelerate for CPU processes when there is no GPU) and on N GPUs. Outputs: see
 timm_blockdrop/train/session.py.
 """
-import copy
 import sys
 
 import torch
@@ -24,7 +23,8 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from timm_blockdrop.models.policies import greedy, heuristic_policy
-from timm_blockdrop.train.build import build_model, finetune_param_groups
+from timm_blockdrop.train.budget import BlockBudget
+from timm_blockdrop.train.build import build_model, build_teacher, finetune_param_groups
 from timm_blockdrop.train.config import recipe_main
 from timm_blockdrop.train.reinforce import FinetuneRollout, distill_loss, policy_gradient_loss, rewards
 from timm_blockdrop.train.session import accelerator_options, prepare
@@ -52,7 +52,12 @@ def training_function(config, args):
     if not config.init_from:
         accelerator.print('warning: no --init-from: finetuning a fresh policy (the paper starts from the curriculum)')
     model = build_model(config)
-    teacher = copy.deepcopy(model.base) if config.distill_weight else None
+    teacher = build_teacher(config, model)
+    # With budget_blocks the reward pays a price per block that dual ascent raises until the greedy policy keeps
+    # that many blocks (beyond the paper: train/budget.py); the price is saved and resumed with the run
+    budget = BlockBudget(config.budget_blocks, model.num_blocks, config.budget_lr) if config.budget_blocks else None
+    if budget is not None:
+        accelerator.register_for_checkpointing(budget)
     rollout = FinetuneRollout(model, config.exec_mode, teacher, config.fixed_policy, config.fixed_blocks)
 
     # Policy network (at policy_lr) and ResNet (at lr) learn together
@@ -65,7 +70,8 @@ def training_function(config, args):
             labels = batch['label']
             with accelerator.accumulate(run.module):
                 out = run.module(batch['pixel_values'], batch['seed'])  # u, u~, the ResNet's logits under both
-                r, correct, adv = rewards(out, labels, config.gamma)  # R(u) (Eq. 3), A = R(u) - R(u~) (Eq. 6)
+                # R(u) (Eq. 3, minus the budget's price of u), A = R(u) - R(u~) (Eq. 6)
+                r, correct, adv = rewards(out, labels, config.gamma, budget)
                 # REINFORCE summed over the global batch (the reference's sum on any number of processes)
                 pg_loss = policy_gradient_loss(out['probs'], out['keep'], adv, config.batch_size, config.beta,
                                                config.entropy)
@@ -77,6 +83,9 @@ def training_function(config, args):
                 accelerator.backward(loss)
                 optimizer.step()
                 optimizer.zero_grad()
+                if budget is not None:  # dual ascent on the price: up while the greedy policy is over budget
+                    losses['budget_price'] = torch.tensor(budget.update(
+                        accelerator.reduce(budget.cost(out['keep_greedy']).mean(), 'mean').item()))
             run.record(out['keep'], correct, r, loss, **losses)
         run.end_epoch(epoch, run.evaluate(eval_policy(model, config)) if run.evaluates(epoch) else {})
 

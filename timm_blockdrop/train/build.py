@@ -1,5 +1,6 @@
 """What a run trains: the model its config names (through ``models.loading.load_model``), the optional
 starting points of the policy network, and the optimizer's parameter groups."""
+import copy
 import math
 from pathlib import Path
 from typing import Any, Dict, List
@@ -12,7 +13,7 @@ from ..models.loading import load_model
 from .checkpointing import MODEL_DIR
 from .config import TrainConfig
 
-__all__ = ['build_model', 'init_model_folder', 'init_policy_keep', 'init_policy_from_base', 'finetune_param_groups']
+__all__ = ['build_model', 'build_teacher', 'init_model_folder', 'init_policy_keep', 'init_policy_from_base', 'finetune_param_groups']
 
 
 def init_model_folder(init_from: str) -> Path:
@@ -40,8 +41,35 @@ def build_model(config: TrainConfig):
         model.alpha = config.alpha
         model._model_args['alpha'] = config.alpha
         return model
-    base = load_model(config.model, pretrained_file=config.pretrained_file, require='wrappable', **config.model_kwargs)
-    return wrap(base, policy_model=config.policy_model, threshold=config.threshold, alpha=config.alpha)
+    try:
+        base = load_model(config.model, pretrained_file=config.pretrained_file, pretrained=config.base_pretrained,
+                          require='wrappable', **config.model_kwargs)
+    except FileNotFoundError as e:  # the base's tag neither cached nor downloadable: the recipe's ways around it
+        if config.pretrained_file or not config.base_pretrained:
+            raise
+        raise FileNotFoundError(f'{e}; in a recipe: --set pretrained_file=PATH for a local weight file, or '
+                                f'--set base_pretrained=false for random base weights') from None
+    policy_img_size = 'auto' if config.policy_img_size is None else config.policy_img_size
+    return wrap(base, policy_model=config.policy_model, policy_img_size=policy_img_size, threshold=config.threshold,
+                alpha=config.alpha)
+
+
+def build_teacher(config: TrainConfig, model):
+    """The frozen network whose logits finetuning distils (``distill_weight`` > 0), or None.
+
+    ``teacher_model`` (e.g. a deeper cifar_resnet56 with ``teacher_file``) or, by default, a copy of the ResNet as
+    finetuning starts, all blocks. It must predict the same classes as the model.
+    """
+    if not config.distill_weight:
+        return None
+    if config.teacher_model is None:
+        teacher = copy.deepcopy(model.base)
+    else:
+        teacher = load_model(config.teacher_model, pretrained_file=config.teacher_file, require='wrappable')
+        if teacher.num_classes != model.num_classes:
+            raise ValueError(f"config key 'teacher_model' ({config.teacher_model}) predicts {teacher.num_classes} "
+                             f"classes, the model {model.num_classes}: name a teacher trained on the same classes")
+    return teacher.requires_grad_(False).eval()
 
 
 def init_policy_keep(model, keep: float) -> None:

@@ -16,7 +16,7 @@ import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
@@ -27,7 +27,7 @@ from .reinforce import ENTROPY_FORMS
 from .reward import check_gamma
 
 __all__ = ['STAGES', 'VAL_SPLIT', 'TrainConfig', 'load_config', 'parse_set', 'save_config', 'config_keys',
-           'recipe_arguments', 'config_from_args', 'recipe_main']
+           'recipe_arguments', 'config_from_args', 'recipe_main', 'RESUMABLE_KEYS', 'resume_changes']
 
 STAGES = ('curriculum', 'finetune')
 VAL_SPLIT = 'val'  # eval_split naming the rows held out at the end of train_split
@@ -42,9 +42,12 @@ class TrainConfig:
     stage: str = 'curriculum'               # curriculum (stage 1: policy only) | finetune (stage 2: policy + ResNet)
     # ---- model ----
     model: str = 'cifar_resnet32'           # timm name of the base ResNet
-    pretrained_file: Optional[str] = None   # its weight file (None: timm's pretrained weights for `model`)
+    pretrained_file: Optional[str] = None   # its weight file (None: timm's pretrained weights for `model`, its tag)
+    base_pretrained: bool = True            # false: the base starts from random weights (smoke runs, tests)
     model_kwargs: Dict[str, Any] = field(default_factory=dict)  # base construction arguments, e.g. {shortcut: B}
     policy_model: Optional[str] = None      # policy network (None: ResNet-8 for CIFAR, ResNet-10 @112 px otherwise)
+    policy_img_size: Optional[int] = None   # the policy sees the image average-pooled to this size (None: wrap()'s
+                                            # default, the full CIFAR image or 112 px)
     init_from: Optional[str] = None         # finetune: the curriculum's output folder (or its model/ folder)
     # ---- data (HF datasets: a Hub id or a local folder) ----
     data: str = '${BLOCKDROP_SHARED}/data/cifar10'
@@ -76,6 +79,12 @@ class TrainConfig:
     fixed_blocks: Optional[int] = None      # heuristic with k = fixed_blocks (Table 1 baselines, ft), no policy net
     distill_weight: float = 0.0             # finetune: + w T^2 KL(full ResNet || ResNet under u) at temperature T
     distill_temperature: float = 4.0        # (the teacher: the ResNet as finetuning starts, all blocks, frozen)
+    teacher_model: Optional[str] = None     # finetune: the teacher instead, a timm name (e.g. cifar_resnet56) ...
+    teacher_file: Optional[str] = None      # ... and its weight file (None: timm's pretrained weights)
+    budget_blocks: Optional[float] = None   # a block budget (issue 11; not in the paper): the reward pays a price per
+                                            # block, raised by dual ascent until the greedy policy keeps this many
+                                            # blocks on average (train/budget.py). None: the paper's reward alone
+    budget_lr: float = 0.05                 # dual-ascent step of that price per optimizer step
     # ---- optimisation ----
     epochs: int = 1
     batch_size: int = 256                   # global: over all processes and accumulation steps
@@ -203,6 +212,17 @@ def _check(config: TrainConfig) -> TrainConfig:
         positive(key)
     positive('policy_lr')
     positive('distill_temperature')
+    positive('budget_lr')
+    positive('policy_img_size')
+    positive('budget_blocks', allow_zero=True)
+    if config.budget_blocks is not None and config.fixed_policy is not None:
+        raise ValueError("config key 'budget_blocks' budgets the learned policy; 'fixed_policy' runs no policy: "
+                         "set one of them")
+    if config.pretrained_file is not None and not config.base_pretrained:
+        raise ValueError("config key 'pretrained_file' gives the base's weights but 'base_pretrained' is false "
+                         "(random weights): set one of them")
+    if config.teacher_file is not None and config.teacher_model is None:
+        raise ValueError("config key 'teacher_file' is the weight file of 'teacher_model', which is not set")
     for key in ('epochs', 'beta', 'distill_weight', 'weight_decay', 'warmup_epochs', 'min_lr', 'num_workers', 'seed',
                 'val_images'):
         positive(key, allow_zero=True)
@@ -315,6 +335,28 @@ def recipe_arguments(description: str, stage: str) -> argparse.ArgumentParser:
     parser.add_argument('--set', action='append', metavar='KEY=VALUE', help='override any config key (repeatable)')
     parser.add_argument('--cpu', action='store_true', help='train on the CPU even if there is a GPU')
     return parser
+
+
+# what a resumed run may change: how long it runs (epochs, only upwards) and how it logs, checkpoints and evaluates
+RESUMABLE_KEYS = ('epochs', 'output_dir', 'num_workers', 'eval_batch_size', 'checkpoint_every_steps',
+                  'keep_checkpoints', 'log_every_steps', 'eval_every_epochs', 'eval_at_start')
+
+
+def resume_changes(saved: TrainConfig, config: TrainConfig) -> Dict[str, Tuple[Any, Any]]:
+    """The keys whose values differ between a run's saved config and the config that resumes it, as (old, new).
+
+    A change to a key that defines the run (model, data, batch size, seed, schedule, algorithm: anything but
+    RESUMABLE_KEYS), or fewer epochs, is a ValueError naming each key and both values.
+    """
+    old, new = saved.to_dict(), config.to_dict()
+    changes = {k: (old[k], new[k]) for k in new if old.get(k) != new[k] and k != 'output_dir'}  # (a moved run)
+    refused = [k for k, (a, b) in changes.items() if k not in RESUMABLE_KEYS or (k == 'epochs' and b < a)]
+    if refused:
+        raise ValueError('the config differs from the run it resumes in ' +
+                         ', '.join(f'{k} ({changes[k][0]!r} -> {changes[k][1]!r})' for k in refused) +
+                         ': resume with the values the run started with (epochs may grow; '
+                         f"{', '.join(RESUMABLE_KEYS[1:])} may change), or start a new run in another --output-dir")
+    return changes
 
 
 def recipe_main(stage: str, doc: str, training_function, argv=None) -> int:

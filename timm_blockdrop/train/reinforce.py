@@ -117,12 +117,17 @@ def _sampled_and_greedy(model, images: torch.Tensor, seeds: torch.Tensor):
     return bounded(probs, model.alpha), keep, keep_greedy
 
 
-def rewards(out: Dict[str, torch.Tensor], targets: torch.Tensor, gamma: float):
-    """(R(u), correct under u, A = R(u) - R(u~)) of a rollout's outputs (Eq. 3 and 6; no gradient)."""
+def rewards(out: Dict[str, torch.Tensor], targets: torch.Tensor, gamma: float, budget=None):
+    """(R(u), correct under u, A = R(u) - R(u~)) of a rollout's outputs (Eq. 3 and 6; no gradient).
+
+    With a ``train.budget.BlockBudget`` both rewards pay its price for their blocks: R(u) - lambda c(u).
+    """
     with torch.no_grad():
         correct = out['logits'].detach().argmax(1) == targets
         r = reward(out['keep'], correct, gamma)
         r_greedy = reward(out['keep_greedy'], out['logits_greedy'].detach().argmax(1) == targets, gamma)
+        if budget is not None:
+            r, r_greedy = r - budget.penalty(out['keep']), r_greedy - budget.penalty(out['keep_greedy'])
     return r, correct, advantage(r, r_greedy)
 
 
