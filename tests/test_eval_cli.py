@@ -169,6 +169,10 @@ def _one_sentence(capsys) -> str:
     (['bench', '--model', 'blockdrop_cifar_resnet20', '--image-size', '-3'],
      '--image-size must be a positive integer, got -3'),
     (['bench', '--model', 'blockdrop_cifar_resnet20', '--threads', '-1'], '--threads must be a positive integer, got -1'),
+    (['eval', '--model', 'cifar_resnet20', '--device', 'gpu0'], "--device 'gpu0' is not a torch device"),
+    (['bench', '--model', 'blockdrop_cifar_resnet20', '--device', 'cuda:0'], '--device cuda:0: this machine')
+    if not torch.cuda.is_available() else
+    (['bench', '--model', 'blockdrop_cifar_resnet20', '--device', 'gpu0'], "--device 'gpu0' is not a torch device"),
 ])
 def test_bad_counts_are_refused(capsys, shared, argv, message):
     if argv[0] == 'eval':

@@ -7,7 +7,9 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
-__all__ = ['check_positive', 'check_output_file', 'write_json']
+import torch
+
+__all__ = ['check_positive', 'check_device', 'check_output_file', 'write_json']
 
 
 def check_positive(**flags: Optional[int]) -> None:
@@ -18,6 +20,16 @@ def check_positive(**flags: Optional[int]) -> None:
     for name, value in flags.items():
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+
+
+def check_device(device: str) -> None:
+    """Refuse a ``--device`` torch cannot parse or this machine does not have (instead of a torch traceback)."""
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise ValueError(f"--device {device!r} is not a torch device: use cpu, cuda or cuda:N") from None
+    if kind == 'cuda' and not torch.cuda.is_available():
+        raise ValueError(f'--device {device}: this machine (or this PyTorch build) has no CUDA device; use --device cpu')
 
 
 def check_output_file(path: Optional[str], flag: str) -> None:

@@ -18,7 +18,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from .arguments import check_output_file, check_positive, write_json
+from .arguments import check_device, check_output_file, check_positive, write_json
 from ..models.fused import tune_cpu_allocator
 from ..models.loading import as_blockdrop, load_model
 from .train_bench import measure_train_throughput
@@ -184,6 +184,7 @@ def _batch_sizes(text: str) -> List[int]:
 
 def run_bench(args) -> List[Dict]:
     check_positive(threads=args.threads, repeats=args.repeats, image_size=args.image_size)
+    check_device(args.device)
     check_output_file(args.json, '--json')
     allocator_tuned = tune_cpu_allocator() if args.device == 'cpu' else False
     if args.threads:

@@ -11,7 +11,7 @@ from typing import List, Optional
 import torch
 
 from . import bench, compare, hub
-from .arguments import check_output_file, check_positive, write_json
+from .arguments import check_device, check_output_file, check_positive, write_json
 from .evaluation import POLICIES, evaluate_policy, format_report
 from ..data import check_labels, eval_transform, find_columns, load_split, make_loader, with_transform
 from ..errors import USER_ERRORS
@@ -45,6 +45,7 @@ def _add_eval(sub) -> None:
 
 def run_eval(args) -> dict:
     check_positive(batch_size=args.batch_size, max_samples=args.max_samples)
+    check_device(args.device)
     check_output_file(args.json, '--json')
     loaded = load_model(args.model, args.checkpoint, args.pretrained_file, require='wrappable')
     policy = args.policy or ('learned' if isinstance(loaded, BlockDropResNet) else 'full')
