@@ -18,6 +18,7 @@ from timm.data import resolve_data_config
 from tqdm.auto import tqdm
 
 from .bench import interleaved_times, ms_summary
+from .evaluation import load_accuracy_metric
 from .arguments import check_output_file, check_positive, write_json
 from ..data import check_labels, eval_transform, find_columns, load_split, make_loader, with_transform
 from ..models.blockdrop import BlockDropResNet
@@ -94,7 +95,7 @@ def compare(
     groups: Dict[str, List[Contender]] = {}
     for c in contenders:
         groups.setdefault(repr(sorted(resolve_data_config(model=c.model).items())), []).append(c)
-    stats = {c.label: dict(correct=0, n=0, blocks=[], flops=[]) for c in contenders}
+    stats = {c.label: dict(metric=load_accuracy_metric(), blocks=[], flops=[]) for c in contenders}
     timing: Dict[str, List[torch.Tensor]] = {}
     with torch.inference_mode():
         for group in groups.values():
@@ -106,8 +107,7 @@ def compare(
                 for c in group:
                     logits, keep = c.run(images)
                     s = stats[c.label]
-                    s['correct'] += int((logits.argmax(1).cpu() == labels).sum())
-                    s['n'] += images.shape[0]
+                    s['metric'].add_batch(predictions=logits.argmax(1).cpu(), references=labels)
                     s['blocks'].append(keep.cpu().sum(1).double())
                     s['flops'].append(c.model.flops(keep.cpu(), include_policy=not c.static,
                                                     img_size=tuple(images.shape[-2:])))
@@ -124,7 +124,7 @@ def compare(
         out.append(dict(
             label=c.label, model=c.model.pretrained_cfg.get('architecture') if not c.static else
             c.model._model_args.get('base_model'),
-            top1=100.0 * s['correct'] / s['n'], ms_per_image=ms_summary(seconds[c.label], per_call)['median'],
+            top1=100.0 * s['metric'].compute()['accuracy'], ms_per_image=ms_summary(seconds[c.label], per_call)['median'],
             flops_mean=float(torch.cat(s['flops']).mean()), blocks_mean=float(torch.cat(s['blocks']).mean()),
             engine='fused, every block' if c.static else 'fused, learned policy', spec=c.spec))
     return out

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Dict, Optional
 
+import evaluate
 import numpy as np
 import torch
 from tqdm.auto import tqdm
@@ -22,7 +23,7 @@ POLICIES = ('learned',) + tuple(HEURISTICS)
 
 
 def load_accuracy_metric():
-    import evaluate
+    """The vendored ``accuracy`` metric of the ``evaluate`` library (no Hub download)."""
     return evaluate.load(str(ACCURACY_METRIC))
 
 
