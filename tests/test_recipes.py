@@ -108,14 +108,18 @@ def test_every_shipped_config_loads():
     names = sorted(p.stem for p in CONFIGS.glob('*.yaml'))
     assert names == sorted([f'{d}_{s}' for d in ('cifar10_resnet32', 'cifar10_resnet110', 'cifar100_resnet56',
                                                  'imagenet_resnet101') for s in ('cl', 'ft')]
-                           + ['cifar10_resnet32_cl_cpu', 'cifar10_resnet32_ft_cpu'])  # the release's recipe
+                           + ['cifar10_resnet32_cl_cpu', 'cifar10_resnet32_ft_cpu']  # the first release's recipe
+                           + ['cifar10_resnet32_budget7_robust_ft', 'cifar10_resnet32_budget7_cl',
+                              'cifar10_resnet32_budget7_ft'])  # the budgeted recipe (robust base, policy, joint)
     for name in names:
         config = load_config(CONFIGS / f'{name}.yaml')
         assert config.stage == {'cl': 'curriculum', 'ft': 'finetune'}[name.removesuffix('_cpu').rsplit('_', 1)[1]]
         assert timm.is_model(config.model.split('.')[0])
         assert config.output_dir == f'outputs/{name}'
-        if config.stage == 'finetune':
+        if config.stage == 'finetune' and config.fixed_policy is None:
             assert config.init_from == f"outputs/{name.replace('_ft', '_cl')}" and config.beta == 0
+        elif config.stage == 'finetune':  # a robust-base stage: the ResNet alone under a heuristic, from its weights
+            assert config.init_from is None and config.pretrained_file
     imagenet = load_config(CONFIGS / 'imagenet_resnet101_ft.yaml')
     assert imagenet.streaming and imagenet.gamma == 5 and imagenet.data == 'ILSVRC/imagenet-1k'
     c100 = load_config(CONFIGS / 'cifar100_resnet56_cl.yaml')
@@ -308,6 +312,15 @@ def test_two_process_finetune_evaluates_exactly(cl_run, ft_run, tmp_path):
     ce_1 = [s['ce_loss'] for s in _lines(one / 'steps.jsonl')]
     ce_2 = [s['ce_loss'] for s in _lines(two / 'steps.jsonl')]
     assert len(ce_1) == len(ce_2) == 4 and ce_2 == pytest.approx(ce_1, abs=CE_TOLERANCE)
+    # the final metrics the 2-process run logged are those of the model it saved (issue 13 item 4: every process
+    # evaluates and saves the main process's BatchNorm statistics, not those of its own last batch)
+    final = _lines(two / 'metrics.jsonl')[-1]
+    report = tmp_path / 'eval.json'
+    assert blockdrop_main(['eval', '--checkpoint', str(two / 'model'), '--data', str(CIFAR10), '--split', VAL_ROWS,
+                           '--max-samples', str(N_EVAL), '--batch-size', '64', '--quiet', '--json', str(report)]) == 0
+    r = json.loads(report.read_text())
+    assert (r['top1'], r['unique_policies']) == (pytest.approx(final['val_accuracy']), final['val_unique_policies'])
+    assert r['blocks_mean'] == pytest.approx(final['val_blocks_mean'])
 
 
 def test_kill_during_an_epoch_then_resume_latest(cl_run, tmp_path):
