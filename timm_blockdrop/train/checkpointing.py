@@ -12,17 +12,20 @@ accelerate deletes the oldest checkpoint before the new one is complete, and kno
 (progress.json), so a kill during a save could leave one usable checkpoint fewer.
 """
 import json
+import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
+from accelerate.utils import load
 from timm.models import save_for_hf
 
+from ..errors import CheckpointError
 from .stats import PolicyStats
 
 __all__ = ['CHECKPOINTS', 'PROGRESS', 'MODEL_DIR', 'Progress', 'checkpoint_dirs', 'find_checkpoint', 'check_fresh',
-           'save_checkpoint', 'resume_state', 'save_model']
+           'save_checkpoint', 'resume_state', 'follow_umask', 'save_model']
 
 CHECKPOINTS = 'checkpoints'
 PROGRESS = 'progress.json'
@@ -87,6 +90,7 @@ def save_checkpoint(accelerator, output_dir, progress: Progress, stats: PolicySt
     (folder / f'stats_{accelerator.process_index}.json').write_text(json.dumps(stats.state_dict()))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        follow_umask(folder)
         progress.num_processes = accelerator.num_processes
         tmp = folder / (PROGRESS + '.tmp')
         tmp.write_text(json.dumps(asdict(progress)))
@@ -108,7 +112,18 @@ def resume_state(accelerator, folder) -> Tuple[Progress, PolicyStats]:
     main process takes over all the running statistics.
     """
     folder = Path(folder)
-    accelerator.load_state(str(folder))
+    states = folder / f'random_states_{accelerator.process_index}.pkl'
+    try:  # accelerate skips a random-state file it cannot load without a word: refuse it instead
+        load(states)
+    except Exception as e:  # (whatever torch.load raises on a tampered or unsafe pickle)
+        raise CheckpointError(f'{states} cannot be read safely ({type(e).__name__}): the checkpoint is damaged or was '
+                              f'tampered with; resume from another checkpoint') from None
+    try:
+        accelerator.load_state(str(folder))
+    except (RuntimeError, ValueError, KeyError) as e:  # size mismatches, other parameter groups, missing keys
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f'checkpoint {folder} does not fit this run\'s model and optimizer ({first[:200]}): '
+                              f'resume a checkpoint of the same config and stage') from None
     progress = Progress(**json.loads((folder / PROGRESS).read_text()))
     stats = PolicyStats()
     if progress.num_processes == accelerator.num_processes:
@@ -120,6 +135,15 @@ def resume_state(accelerator, folder) -> Tuple[Progress, PolicyStats]:
     return progress, stats
 
 
+def follow_umask(folder) -> None:
+    """Give the files in ``folder`` the mode the umask asks for (safetensors writes them 0600 whatever it is)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in Path(folder).iterdir():
+        if path.is_file():
+            path.chmod(0o666 & ~umask)
+
+
 def save_model(model, folder) -> Path:
     """The model in timm's save_for_hf layout, loadable with ``timm.create_model('local-dir:...')``."""
     folder = Path(folder)
@@ -127,6 +151,7 @@ def save_model(model, folder) -> Path:
     if tmp.exists():
         shutil.rmtree(tmp)
     save_for_hf(model, tmp, safe_serialization=True)
+    follow_umask(tmp)
     if folder.exists():
         shutil.rmtree(folder)
     tmp.replace(folder)

@@ -22,21 +22,22 @@ from typing import Any, Callable, Dict, Iterable, Optional
 
 import torch
 from accelerate import DataLoaderConfiguration, skip_first_batches
-from accelerate.utils import DistributedDataParallelKwargs, broadcast, send_to_device
+from accelerate.utils import DistributedDataParallelKwargs, broadcast, broadcast_object_list, send_to_device
 from tqdm.auto import tqdm
 
 from ..data import (SampleSeeds, make_loader, make_train_loader, streaming_train_split, train_transform,
                     with_seeded_transform)
 from .checkpointing import (MODEL_DIR, Progress, check_fresh, find_checkpoint, resume_state, save_checkpoint,
                             save_model)
-from .config import TrainConfig, save_config
+from .config import TrainConfig, load_config, resume_changes, save_config
+from .lock import OutputLock, exit_with_parent
 from .logs import JsonLines
 from .reward import reward
 from .schedule import lr_scheduler
 from .splits import eval_split, train_split
 from .stats import PolicyStats, Throughput
 
-__all__ = ['accelerator_options', 'prepare', 'TrainingRun', 'synced_batches', 'sync_buffers']
+__all__ = ['accelerator_options', 'take_lock', 'prepare', 'TrainingRun', 'synced_batches', 'sync_buffers']
 
 
 def accelerator_options(config: TrainConfig, cpu: bool, find_unused_parameters: bool = False) -> Dict[str, Any]:
@@ -78,13 +79,45 @@ def sync_buffers(accelerator, model: torch.nn.Module) -> None:
             buffer.copy_(broadcast(buffer.detach().clone(), from_process=0))
 
 
+def take_lock(accelerator, output_dir: Path) -> Optional[OutputLock]:
+    """The main process locks the output folder; every process raises the same sentence if it is in use."""
+    lock, error = None, None
+    if accelerator.is_main_process:
+        try:
+            lock = OutputLock(output_dir).acquire()
+        except ValueError as e:
+            error = str(e)
+    if accelerator.num_processes > 1:
+        error = broadcast_object_list([error], from_process=0)[0]
+    if error:
+        raise ValueError(error)
+    return lock
+
+
 def prepare(config: TrainConfig, accelerator, rollout: torch.nn.Module, optimizer: torch.optim.Optimizer,
             resume_from: Optional[str] = None) -> 'TrainingRun':
     """Data, Accelerate's wrapping, schedule, resumed state and logs of a run (see the module docstring)."""
     output_dir = Path(config.output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f'--output-dir {output_dir} is a file, not a folder: name a folder (new or a run\'s)')
+    exit_with_parent()  # killing `accelerate launch` ends this process too: no orphan keeps writing
     checkpoint = find_checkpoint(resume_from, output_dir) if resume_from else None
-    if checkpoint is None:
-        check_fresh(output_dir)
+    changes = {}
+    if checkpoint is not None and (checkpoint.parent.parent / 'config.yaml').is_file():
+        changes = resume_changes(load_config(checkpoint.parent.parent / 'config.yaml'), config)
+    lock = take_lock(accelerator, output_dir)
+    try:
+        if checkpoint is None:
+            check_fresh(output_dir)
+        return _prepared_run(config, accelerator, rollout, optimizer, checkpoint, changes, lock)
+    except BaseException:
+        if lock is not None:
+            lock.release()  # (a refused run in a Python session must not keep the folder locked)
+        raise
+
+
+def _prepared_run(config, accelerator, rollout, optimizer, checkpoint, changes, lock) -> 'TrainingRun':
+    output_dir = Path(config.output_dir)
     batch_size = config.per_device_batch_size(accelerator.num_processes)
     accelerator.print(f'{accelerator.num_processes} process(es) on {accelerator.device} '
                       f'({accelerator.distributed_type}), {batch_size} images per process and step')
@@ -113,14 +146,17 @@ def prepare(config: TrainConfig, accelerator, rollout: torch.nn.Module, optimize
     steps_per_epoch = math.ceil(batches_per_epoch / config.gradient_accumulation_steps)
     scheduler = accelerator.prepare(lr_scheduler(optimizer.optimizer, config, steps_per_epoch))
     run = TrainingRun(config, accelerator, model, rollout, optimizer, scheduler, seeds, train_loader, stream,
-                      eval_loader, batches_per_epoch)
+                      eval_loader, batches_per_epoch, lock)
     if checkpoint is not None:
         run.progress, run.stats = resume_state(accelerator, checkpoint)
         accelerator.print(f'resumed from {checkpoint}: epoch {run.progress.epoch}, batch {run.progress.batch}, '
                           f'step {run.progress.step}')
     if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, output_dir / 'config.yaml')
+        if not (output_dir / 'config.yaml').is_file():
+            save_config(config, output_dir / 'config.yaml')
+        elif changes:  # config.yaml stays the run's; what a resume changed is appended to its history
+            JsonLines(output_dir / 'config_history.jsonl').append(
+                dict(step=run.progress.step, changes={k: list(v) for k, v in changes.items()}))
         run.metrics.rewrite(run.progress.history)
         run.steps_log.truncate(lambda r: r['step'] <= run.progress.step)
     return run
@@ -131,11 +167,11 @@ class TrainingRun:
     ``progress`` (epoch, batch, step, metrics history) and the epoch's running ``stats``."""
 
     def __init__(self, config, accelerator, model, module, optimizer, scheduler, seeds, train_loader, stream,
-                 eval_loader, batches_per_epoch):
+                 eval_loader, batches_per_epoch, lock=None):
         self.config, self.accelerator, self.model, self.module = config, accelerator, model, module
         self.optimizer, self.scheduler, self.seeds = optimizer, scheduler, seeds
         self.train_loader, self.stream, self.eval_loader = train_loader, stream, eval_loader
-        self.batches_per_epoch = batches_per_epoch
+        self.batches_per_epoch, self.lock = batches_per_epoch, lock
         self.output_dir = Path(config.output_dir)
         self.progress, self.stats = Progress(), PolicyStats()
         self.metrics = JsonLines(self.output_dir / 'metrics.jsonl', accelerator.is_main_process)
@@ -243,3 +279,5 @@ class TrainingRun:
             folder = save_model(self.model, self.output_dir / MODEL_DIR)
             self.accelerator.print(f'saved {folder}')
         self.accelerator.end_training()
+        if self.lock is not None:
+            self.lock.release()
