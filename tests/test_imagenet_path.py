@@ -228,7 +228,7 @@ def test_two_machines_give_what_one_machine_with_two_processes_gives(data, tmp_p
     one = tmp_path / 'one_machine'
     log = _run(data['cache'], 'curriculum', *args, '--output-dir', one,
                launcher=[*launch, '--num_machines', '1', '--main_process_port', str(_free_port())])
-    assert '2 process(es) on cpu (DistributedType.MULTI_CPU)' in log
+    assert '2 process(es) on cpu' in log and 'MULTI_CPU' in log
     two = tmp_path / 'two_machines'
     port = _free_port()
     logs = [open(tmp_path / f'machine_{rank}.log', 'w') for rank in (0, 1)]
@@ -246,7 +246,7 @@ def test_two_machines_give_what_one_machine_with_two_processes_gives(data, tmp_p
             f.close()
     machine_0 = (tmp_path / 'machine_0.log').read_text()
     assert codes == [0, 0], machine_0[-3000:] + (tmp_path / 'machine_1.log').read_text()[-3000:]
-    assert '2 process(es) on cpu (DistributedType.MULTI_CPU)' in machine_0
+    assert '2 process(es) on cpu' in machine_0 and 'MULTI_CPU' in machine_0
     assert {p.name for p in checkpoint_dirs(two)[-1].glob('stats_*.json')} == {'stats_0.json', 'stats_1.json'}
     assert _lines(two / 'steps.jsonl') == _lines(one / 'steps.jsonl')
     assert _without_timing(_lines(two / 'metrics.jsonl')) == _without_timing(_lines(one / 'metrics.jsonl'))
