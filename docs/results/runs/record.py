@@ -47,25 +47,37 @@ def record(args):
     info = dict(name=name, command=args.command, wall_s=args.wall_s, hardware=args.hardware, note=args.note,
                 epochs_done=metrics[-1]['epoch'] if metrics else 0, last_val_epoch=v.get('epoch'),
                 val_accuracy=v.get('val_accuracy'), val_blocks_mean=v.get('val_blocks_mean'),
-                val_images=v.get('val_images'))
+                val_images=v.get('val_images'), eval_split=_eval_split(src / 'config.yaml'))
     (dst / 'run.json').write_text(json.dumps(info, indent=1) + '\n')
     write_index()
 
 
+def _eval_split(config_file: Path) -> str:
+    for line in config_file.read_text().splitlines() if config_file.is_file() else ():
+        if line.startswith('eval_split:'):
+            return line.split(':', 1)[1].strip()
+    return '?'
+
+
 def write_index():
     runs = [json.loads(p.read_text()) for p in sorted(HERE.glob('*/run.json'))]
-    lines = ['# Training runs (issue 7)', '',
-             'One line per run: its exact command, wall time, hardware and the greedy policy\'s val accuracy / '
-             'mean blocks at its last evaluation (val = the first `val_images` images of the CIFAR-10 test split). '
+    lines = ['# Training runs', '',
+             'One line per run: its exact command, wall time, hardware and the greedy policy\'s accuracy / '
+             'mean blocks at its last evaluation, on the split in the `eval split` column: `val` = the last 5,000 '
+             'CIFAR-10 training images, held out of training (runs from issue 11 on); `test` = the first '
+             '`val images` of the CIFAR-10 test split (the runs of issue 7, which selected on the test split: '
+             'their figures are test-tuned and optimistic). '
              'Each folder holds the resolved `config.yaml`, `metrics.jsonl` (per epoch) and `steps.jsonl`; '
              '`run.json` holds this line. Regenerate with `python docs/results/runs/record.py`.', '',
-             '| run | epochs done | val acc % | blocks | val images | wall | hardware | note | command |',
-             '|---|---|---|---|---|---|---|---|---|']
+             '| run | epochs done | eval split | acc % | blocks | images | wall | hardware | note | command |',
+             '|---|---|---|---|---|---|---|---|---|---|']
     for r in runs:
         acc = '' if r['val_accuracy'] is None else f"{r['val_accuracy']:.2f}"
         blocks = '' if r['val_blocks_mean'] is None else f"{r['val_blocks_mean']:.2f}"
         wall = '' if r['wall_s'] is None else f"{r['wall_s'] / 60:.1f} min"
-        lines.append(f"| [{r['name']}]({r['name']}/) | {r['epochs_done']} | {acc} | {blocks} | {r['val_images']} | "
+        split = r.get('eval_split') or _eval_split(HERE / r['name'] / 'config.yaml')
+        lines.append(f"| [{r['name']}]({r['name']}/) | {r['epochs_done']} | {split} | {acc} | {blocks} | "
+                     f"{r['val_images']} | "
                      f"{wall} | {r['hardware']} | {r['note'] or ''} | `{r['command']}` |")
     (HERE / 'README.md').write_text('\n'.join(lines) + '\n')
 
