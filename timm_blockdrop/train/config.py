@@ -1,10 +1,11 @@
 """Training configuration: a YAML file of known keys, overridden from the command line.
 
-``load_config(path, overrides)`` reads ``recipes/configs/*.yaml``, applies overrides (``--epochs 3`` or
-``--set key=value``), checks every key and value, and returns a ``TrainConfig``. Unknown keys, wrong types and
-values outside their range are errors that name the key. ``${BLOCKDROP_SHARED}`` in a string value is the shared
-folder (the environment variable, default ``../shared``). Each run writes its resolved config next to its metrics
-(``save_config``), so every number it produced can be regenerated from what sits beside it.
+As timm's ``train.py``: the YAML file gives the values, the command line overrides them (``--epochs 3``, or any key
+with ``--set key=value``). ``load_config(path, overrides)`` checks every key against ``TrainConfig``'s fields and
+types and every value against its range, and returns a ``TrainConfig``; unknown keys, wrong types and values out of
+range are errors that name the key. ``${BLOCKDROP_SHARED}`` in a string value is the shared folder (the environment
+variable, default ``../shared``). Each run writes its resolved config next to its metrics (``save_config``), so
+every number it produced can be regenerated from what sits beside it.
 """
 import argparse
 import dataclasses
@@ -26,13 +27,11 @@ from ..models.policies import check_alpha, check_threshold
 from .reinforce import ENTROPY_FORMS
 from .reward import check_gamma
 
-__all__ = ['STAGES', 'VAL_SPLIT', 'TrainConfig', 'load_config', 'parse_set', 'save_config', 'config_keys',
-           'recipe_arguments', 'config_from_args', 'recipe_main', 'RESUMABLE_KEYS', 'resume_changes']
+__all__ = ['STAGES', 'VAL_SPLIT', 'TrainConfig', 'load_config', 'parse_set', 'save_config', 'recipe_main',
+           'RESUMABLE_KEYS', 'resume_changes']
 
 STAGES = ('curriculum', 'finetune')
 VAL_SPLIT = 'val'  # eval_split naming the rows held out at the end of train_split
-SCHEDULES = ('cosine', 'step')
-PRECISIONS = ('no', 'fp16', 'bf16')
 
 
 @dataclass
@@ -121,179 +120,142 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def config_keys() -> List[str]:
-    return [f.name for f in dataclasses.fields(TrainConfig)]
+# ---- types: each field's annotation read as (type, may be None); a value is checked with one isinstance ----
+
+def _field_type(hint) -> Tuple[type, bool]:
+    if typing.get_origin(hint) is typing.Union:  # Optional[X]
+        return _field_type(next(a for a in typing.get_args(hint) if a is not type(None)))[0], True
+    return typing.get_origin(hint) or hint, False  # Dict[str, Any] -> dict, List[float] -> list
 
 
-def _shared_dir() -> str:
-    return os.environ.get('BLOCKDROP_SHARED', '../shared')
+_TYPES = {k: _field_type(hint) for k, hint in typing.get_type_hints(TrainConfig).items()}
+_NAMES = {bool: 'true or false', int: 'an integer', float: 'a finite number', str: 'a string', dict: 'a mapping',
+          list: 'a list of numbers'}
 
 
 def _expand(value):
+    """``${BLOCKDROP_SHARED}`` in a string (or a mapping's strings) as the shared folder."""
+    if isinstance(value, dict):
+        return {k: _expand(v) for k, v in value.items()}
     if isinstance(value, str):
-        return string.Template(value).safe_substitute(BLOCKDROP_SHARED=_shared_dir())
+        return string.Template(value).safe_substitute(BLOCKDROP_SHARED=os.environ.get('BLOCKDROP_SHARED', '../shared'))
     return value
 
 
-def _coerce(key: str, value, annotation):
-    """``value`` as the type ``annotation`` of ``key`` says, or a ValueError naming the key."""
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if origin is typing.Union and type(None) in args:
-        if value is None:
-            return None
-        annotation = next(a for a in args if a is not type(None))
-        origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-
-    def bad(what):
-        return ValueError(f"config key '{key}' must be {what}, got {value!r}")
-
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-        raise bad('true or false')
-    if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise bad('an integer')
+def _number(value):
+    """An int or float as a float (YAML reads 1e-3, without a dot, as a string); anything else unchanged."""
+    if isinstance(value, str):
         try:
-            number = float(value)
+            return float(value)
         except ValueError:
-            raise bad('an integer') from None
-        if not number.is_integer():
-            raise bad('an integer')
-        return int(number)
-    if annotation is float:
-        if isinstance(value, bool):
-            raise bad('a number')
-        try:
-            number = float(value)  # YAML reads 1e-3 (no dot) as a string
-        except (TypeError, ValueError):
-            raise bad('a number') from None
-        if not math.isfinite(number):
-            raise bad('a finite number')
-        return number
-    if annotation is str:
-        if not isinstance(value, str):
-            raise bad('a string')
-        return _expand(value)
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise bad('a mapping')
-        return {k: _expand(v) for k, v in value.items()}
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise bad('a list')
-        return [_coerce(key, v, args[0]) for v in value]
-    raise TypeError(f'unsupported config type {annotation} for {key}')
+            return value
+    return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
-def _check(config: TrainConfig) -> TrainConfig:
-    def positive(key, allow_zero=False):
-        v = getattr(config, key)
-        if v is not None and (v < 0 or (v == 0 and not allow_zero)):
-            raise ValueError(f"config key '{key}' must be {'>= 0' if allow_zero else '> 0'}, got {v}")
+def _coerce(key: str, value):
+    """``value`` as the type of field ``key``, or a one-sentence ValueError naming the key."""
+    kind, optional = _TYPES[key]
+    if value is None and optional:
+        return None
+    if kind in (int, float):
+        value = _number(value)
+        value = int(value) if kind is int and isinstance(value, float) and value.is_integer() else value
+    elif kind is list and isinstance(value, (list, tuple)):
+        value = [_number(v) for v in value]
+    numbers = [value] if kind is float else value if kind is list else []
+    if (not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool)
+            or not all(isinstance(v, float) and math.isfinite(v) for v in numbers)):
+        raise ValueError(f"config key '{key}' must be {_NAMES[kind]}, got {value!r}")
+    return _expand(value)
 
-    def one_of(key, choices):
-        if getattr(config, key) not in choices:
-            raise ValueError(f"config key '{key}' must be one of {', '.join(choices)}, got {getattr(config, key)!r}")
 
-    one_of('stage', STAGES)
-    one_of('lr_schedule', SCHEDULES)
-    one_of('mixed_precision', PRECISIONS)
-    one_of('entropy', ENTROPY_FORMS)
-    one_of('exec_mode', ('masked', 'routed'))
-    config.alpha = check_alpha(config.alpha)
-    config.gamma = check_gamma(config.gamma)
-    config.threshold = check_threshold(config.threshold)
-    config.cl_step = check_cl_step(config.cl_step)
-    for key in ('batch_size', 'gradient_accumulation_steps', 'eval_batch_size', 'lr', 'checkpoint_every_steps',
-                'keep_checkpoints', 'log_every_steps', 'eval_every_epochs', 'shuffle_buffer',
-                'max_train_samples', 'max_eval_samples'):
-        positive(key)
-    positive('policy_lr')
-    positive('distill_temperature')
-    positive('budget_lr')
-    positive('policy_img_size')
-    positive('budget_blocks', allow_zero=True)
-    if config.budget_blocks is not None and config.fixed_policy is not None:
-        raise ValueError("config key 'budget_blocks' budgets the learned policy; 'fixed_policy' runs no policy: "
-                         "set one of them")
-    if config.pretrained_file is not None and not config.base_pretrained:
-        raise ValueError("config key 'pretrained_file' gives the base's weights but 'base_pretrained' is false "
-                         "(random weights): set one of them")
-    if config.teacher_file is not None and config.teacher_model is None:
-        raise ValueError("config key 'teacher_file' is the weight file of 'teacher_model', which is not set")
-    for key in ('epochs', 'beta', 'distill_weight', 'weight_decay', 'warmup_epochs', 'min_lr', 'num_workers', 'seed',
-                'val_images'):
-        positive(key, allow_zero=True)
-    if config.eval_split == VAL_SPLIT and config.val_images == 0:
-        raise ValueError(f"config key 'eval_split' is '{VAL_SPLIT}' (rows held out of '{config.train_split}') but "
-                         f"'val_images' is 0: hold out some rows, or name another eval_split")
-    if config.eval_split == VAL_SPLIT and config.streaming:
-        raise ValueError(f"config key 'eval_split' is '{VAL_SPLIT}', rows held out of the training split, which a "
-                         f"streaming run cannot do: name an eval_split of its own (e.g. validation)")
-    if not 0 < config.decay_ratio <= 1:
-        raise ValueError(f"config key 'decay_ratio' must lie in (0, 1], got {config.decay_ratio}")
-    if config.min_lr > config.lr:
-        raise ValueError(f"config key 'min_lr' ({config.min_lr}) must not exceed 'lr' ({config.lr})")
-    if config.policy_init_keep is not None:
-        if not 0 < config.policy_init_keep < 1:
-            raise ValueError(f"config key 'policy_init_keep' must lie in (0, 1), got {config.policy_init_keep}")
-        if config.stage != 'curriculum':
-            raise ValueError("config key 'policy_init_keep' is for stage curriculum (finetuning starts from the "
-                             "curriculum's policy)")
-    if config.fixed_policy is not None:
-        one_of('fixed_policy', ('firstk', 'randomk', 'distributek'))
-        if config.fixed_blocks is None or config.fixed_blocks < 0:
-            raise ValueError(f"config key 'fixed_policy' ({config.fixed_policy}) needs 'fixed_blocks' (k >= 0), "
-                             f"got {config.fixed_blocks}")
-    elif config.fixed_blocks is not None:
-        raise ValueError("config key 'fixed_blocks' is the k of 'fixed_policy', which is not set")
-    if config.policy_init_from_base and config.stage != 'curriculum':
-        raise ValueError("config key 'policy_init_from_base' is for stage curriculum (finetuning starts from the "
-                         "curriculum's policy)")
-    for key, default in (('policy_lr', None), ('distill_weight', 0.0), ('fixed_policy', None)):
-        if getattr(config, key) != default and config.stage != 'finetune':
-            raise ValueError(f"config key '{key}' is for stage finetune (the curriculum trains the policy alone, "
-                             f"at 'lr')")
-    if config.init_from and config.stage != 'finetune':
-        raise ValueError("config key 'init_from' is for stage finetune (a curriculum output folder)")
-    config.per_device_batch_size(1)  # batch_size divisible by the accumulation steps
-    return config
+# ---- ranges ----
+
+_CHOICES = {'stage': STAGES, 'lr_schedule': ('cosine', 'step'), 'mixed_precision': ('no', 'fp16', 'bf16'),
+            'entropy': ENTROPY_FORMS, 'exec_mode': ('masked', 'routed'),
+            'fixed_policy': (None, 'firstk', 'randomk', 'distributek')}
+_POSITIVE = ('batch_size', 'gradient_accumulation_steps', 'eval_batch_size', 'lr', 'checkpoint_every_steps',
+             'keep_checkpoints', 'log_every_steps', 'eval_every_epochs', 'shuffle_buffer', 'max_train_samples',
+             'max_eval_samples', 'policy_lr', 'distill_temperature', 'budget_lr', 'policy_img_size')
+_NON_NEGATIVE = ('budget_blocks', 'epochs', 'beta', 'distill_weight', 'weight_decay', 'warmup_epochs', 'min_lr',
+                 'num_workers', 'seed', 'val_images')
+_FT_ONLY = "(the curriculum trains the policy alone, at 'lr')"
+_CL_ONLY = "(finetuning starts from the curriculum's policy)"
+_STAGE_ONLY = {'policy_lr': ('finetune', _FT_ONLY), 'distill_weight': ('finetune', _FT_ONLY),
+               'fixed_policy': ('finetune', _FT_ONLY), 'init_from': ('finetune', '(a curriculum output folder)'),
+               'policy_init_keep': ('curriculum', _CL_ONLY), 'policy_init_from_base': ('curriculum', _CL_ONLY)}
+
+
+def _check(c: TrainConfig) -> TrainConfig:
+    """Each value in its range, and keys that contradict each other refused: a ValueError naming the key."""
+    for key, choices in _CHOICES.items():
+        if getattr(c, key) not in choices:
+            raise ValueError(f"config key '{key}' must be one of {', '.join(filter(None, choices))}, "
+                             f"got {getattr(c, key)!r}")
+    c.alpha, c.gamma = check_alpha(c.alpha), check_gamma(c.gamma)
+    c.threshold, c.cl_step = check_threshold(c.threshold), check_cl_step(c.cl_step)
+    for keys, sign, bad in ((_POSITIVE, '> 0', lambda v: v <= 0), (_NON_NEGATIVE, '>= 0', lambda v: v < 0)):
+        for key in keys:
+            if getattr(c, key) is not None and bad(getattr(c, key)):
+                raise ValueError(f"config key '{key}' must be {sign}, got {getattr(c, key)}")
+    for key, (stage, why) in _STAGE_ONLY.items():
+        if getattr(c, key) and c.stage != stage:  # set (not None, false or 0)
+            raise ValueError(f"config key '{key}' is for stage {stage} {why}")
+    for bad, message in (
+            (c.budget_blocks is not None and c.fixed_policy is not None,
+             "config key 'budget_blocks' budgets the learned policy; 'fixed_policy' runs no policy: set one of them"),
+            (c.pretrained_file is not None and not c.base_pretrained,
+             "config key 'pretrained_file' gives the base's weights but 'base_pretrained' is false (random weights): "
+             "set one of them"),
+            (c.teacher_file is not None and c.teacher_model is None,
+             "config key 'teacher_file' is the weight file of 'teacher_model', which is not set"),
+            (c.eval_split == VAL_SPLIT and c.val_images == 0,
+             f"config key 'eval_split' is '{VAL_SPLIT}' (rows held out of '{c.train_split}') but 'val_images' is 0: "
+             f"hold out some rows, or name another eval_split"),
+            (c.eval_split == VAL_SPLIT and c.streaming,
+             f"config key 'eval_split' is '{VAL_SPLIT}', rows held out of the training split, which a streaming run "
+             f"cannot do: name an eval_split of its own (e.g. validation)"),
+            (not 0 < c.decay_ratio <= 1, f"config key 'decay_ratio' must lie in (0, 1], got {c.decay_ratio}"),
+            (c.min_lr > c.lr, f"config key 'min_lr' ({c.min_lr}) must not exceed 'lr' ({c.lr})"),
+            (c.policy_init_keep is not None and not 0 < c.policy_init_keep < 1,
+             f"config key 'policy_init_keep' must lie in (0, 1), got {c.policy_init_keep}"),
+            (c.fixed_policy is not None and (c.fixed_blocks is None or c.fixed_blocks < 0),
+             f"config key 'fixed_policy' ({c.fixed_policy}) needs 'fixed_blocks' (k >= 0), got {c.fixed_blocks}"),
+            (c.fixed_policy is None and c.fixed_blocks is not None,
+             "config key 'fixed_blocks' is the k of 'fixed_policy', which is not set")):
+        if bad:
+            raise ValueError(message)
+    c.per_device_batch_size(1)  # batch_size divisible by the accumulation steps
+    return c
+
+
+# ---- files and the command line ----
+
+def _refuse_unknown(values: Dict[str, Any], where: str) -> None:
+    unknown = [f"'{k}'" + ''.join(f" (did you mean '{m}'?)" for m in difflib.get_close_matches(str(k), _TYPES, n=1))
+               for k in values if k not in _TYPES]
+    if unknown:
+        raise ValueError(f"unknown config key{'s' * (len(unknown) > 1)} {', '.join(unknown)} {where}; "
+                         f"known keys: {', '.join(_TYPES)}")
 
 
 def load_config(path: Optional[str], overrides: Optional[Dict[str, Any]] = None) -> TrainConfig:
     """The config of YAML file ``path`` (None: the defaults) with ``overrides`` applied, checked."""
     values: Dict[str, Any] = {}
     if path is not None:
-        file = Path(path)
-        if not file.is_file():
+        if not Path(path).is_file():
             raise FileNotFoundError(f'config file not found: {path}')
         try:
-            loaded = yaml.safe_load(file.read_text())
+            values = yaml.safe_load(Path(path).read_text()) or {}
         except yaml.YAMLError as e:
             raise ValueError(f'config file {path} is not valid YAML: {e}') from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f'config file {path} must be a mapping of keys to values, got {type(loaded).__name__}')
-        values.update(loaded)
-    from_file = set(values)
-    values.update(overrides or {})
-    known = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    hints = typing.get_type_hints(TrainConfig)
-    unknown = [k for k in values if k not in known]
-    if unknown:
-        msgs = []
-        for k in unknown:
-            close = difflib.get_close_matches(str(k), known, n=1)
-            where = f'in {path}' if k in from_file and k not in (overrides or {}) else 'on the command line'
-            msgs.append(f"'{k}'" + (f" (did you mean '{close[0]}'?)" if close else '') + f' {where}')
-        raise ValueError(f"unknown config key{'s' if len(unknown) > 1 else ''} {', '.join(msgs)}; "
-                         f"known keys: {', '.join(known)}")
-    kwargs = {k: _coerce(k, v, hints[k]) for k, v in values.items()}
-    config = TrainConfig(**kwargs)
-    config.data = _expand(config.data)
+        if not isinstance(values, dict):
+            raise ValueError(f'config file {path} must be a mapping of keys to values, got {type(values).__name__}')
+        _refuse_unknown(values, f'in {path}')
+    _refuse_unknown(overrides or {}, 'on the command line')
+    values = {**values, **(overrides or {})}
+    config = TrainConfig(**{k: _coerce(k, v) for k, v in values.items()})
+    config.data = _expand(config.data)  # the default names the shared folder too
     return _check(config)
 
 
@@ -302,9 +264,9 @@ def parse_set(items: Optional[List[str]]) -> Dict[str, Any]:
     out = {}
     for item in items or []:
         key, sep, value = item.partition('=')
-        if not sep or not key:
+        if not sep or not key.strip():
             raise ValueError(f'--set expects key=value, got {item!r}')
-        out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        out[key.strip()] = yaml.safe_load(value)  # an empty value is None
     return out
 
 
@@ -312,29 +274,6 @@ def save_config(config: TrainConfig, path) -> None:
     """Write the resolved config as YAML (loadable by ``load_config``)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-
-
-# command-line flags every recipe takes that override the config key of the same name
-_FLAG_KEYS = ('output_dir', 'epochs', 'init_from', 'batch_size', 'data', 'max_train_samples', 'max_eval_samples')
-
-
-def recipe_arguments(description: str, stage: str) -> argparse.ArgumentParser:
-    """The command line of ``recipes/<stage>.py``: the config file, overrides, resuming, CPU."""
-    suffix = {'curriculum': 'cl', 'finetune': 'ft'}[stage]
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument('--config', required=True, help=f'YAML config (recipes/configs/*_{suffix}.yaml)')
-    if stage == 'finetune':
-        parser.add_argument('--init-from', help='the curriculum output folder (or its model/ folder)')
-    parser.add_argument('--output-dir', help='where metrics, checkpoints and the model go (config: output_dir)')
-    parser.add_argument('--epochs', type=int)
-    parser.add_argument('--batch-size', type=int, help='global batch size')
-    parser.add_argument('--max-train-samples', type=int)
-    parser.add_argument('--max-eval-samples', type=int)
-    parser.add_argument('--data', help='HF datasets Hub id or local folder')
-    parser.add_argument('--resume-from', help="'latest' (in the output folder), a checkpoint or an output folder")
-    parser.add_argument('--set', action='append', metavar='KEY=VALUE', help='override any config key (repeatable)')
-    parser.add_argument('--cpu', action='store_true', help='train on the CPU even if there is a GPU')
-    return parser
 
 
 # what a resumed run may change: how long it runs (epochs, only upwards) and how it logs, checkpoints and evaluates
@@ -360,22 +299,30 @@ def resume_changes(saved: TrainConfig, config: TrainConfig) -> Dict[str, Tuple[A
 
 
 def recipe_main(stage: str, doc: str, training_function, argv=None) -> int:
-    """A recipe's command line (described by the first line of ``doc``): parse, load the config, train; a user
-    error ends in one line and status 2."""
-    args = recipe_arguments(doc.strip().splitlines()[0], stage).parse_args(argv)
+    """``recipes/<stage>.py``'s command line (described by the first line of ``doc``): the config file, flags that
+    override its keys of the same name, ``--set`` for any key; then train. A user error ends in one line, status 2."""
+    parser = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
+    parser.add_argument('--config', required=True,
+                        help=f"YAML config (recipes/configs/*_{dict(curriculum='cl', finetune='ft')[stage]}.yaml)")
+    if stage == 'finetune':
+        parser.add_argument('--init-from', help='the curriculum output folder (or its model/ folder)')
+    parser.add_argument('--output-dir', help='where metrics, checkpoints and the model go (config: output_dir)')
+    parser.add_argument('--epochs', type=int)
+    parser.add_argument('--batch-size', type=int, help='global batch size')
+    parser.add_argument('--max-train-samples', type=int)
+    parser.add_argument('--max-eval-samples', type=int)
+    parser.add_argument('--data', help='HF datasets Hub id or local folder')
+    parser.add_argument('--resume-from', help="'latest' (in the output folder), a checkpoint or an output folder")
+    parser.add_argument('--set', action='append', metavar='KEY=VALUE', help='override any config key (repeatable)')
+    parser.add_argument('--cpu', action='store_true', help='train on the CPU even if there is a GPU')
+    args = parser.parse_args(argv)
+    flags = {k: v for k, v in vars(args).items() if k in _TYPES and v is not None}  # --epochs etc.: config keys
     try:
-        training_function(config_from_args(args, stage), args)
+        config = load_config(args.config, {**parse_set(args.set), **flags})
+        if config.stage != stage:
+            raise ValueError(f'{args.config} is a {config.stage} config: run it with recipes/{config.stage}.py')
+        training_function(config, args)
     except USER_ERRORS as e:
         print(f'{stage}: error: {e}', file=sys.stderr)
         return 2
     return 0
-
-
-def config_from_args(args, stage: str) -> TrainConfig:
-    """The config file of ``args`` with ``--set`` and the flags applied, checked to be for ``stage``."""
-    overrides = parse_set(args.set)
-    overrides.update({k: getattr(args, k) for k in _FLAG_KEYS if getattr(args, k, None) is not None})
-    config = load_config(args.config, overrides)
-    if config.stage != stage:
-        raise ValueError(f'{args.config} is a {config.stage} config: run it with recipes/{config.stage}.py')
-    return config
