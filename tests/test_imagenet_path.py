@@ -43,6 +43,8 @@ from timm_blockdrop.train.checkpointing import checkpoint_dirs
 from timm_blockdrop.train.config import load_config
 from timm_blockdrop.train.reinforce import CurriculumRollout, curriculum_loss, policy_gradient_loss, rewards
 
+from test_recipes import _free_port, _lines, _without_timing
+
 from conftest import REPO
 from tiny_data import write_imagenet_folder, write_imagenet_parquet
 
@@ -75,14 +77,6 @@ def _run(cache, name, *args, launcher=()):
     return done.stdout + done.stderr
 
 
-def _lines(path):
-    return [json.loads(line) for line in Path(path).read_text().splitlines()]
-
-
-def _without_timing(records):
-    return [{k: v for k, v in r.items() if k != 'images_per_s'} for r in records]
-
-
 def _weights(folder):
     return timm.create_model(f'local-dir:{folder}', pretrained=True).state_dict()
 
@@ -90,12 +84,6 @@ def _weights(folder):
 def _same_weights(a, b):
     a, b = _weights(a), _weights(b)
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope='module')

@@ -51,14 +51,18 @@ default_cfgs = generate_default_cfgs({
 })
 
 
+def _create_policy_resnet8(name: str, channels, pretrained: bool, **kwargs) -> CifarResNet:
+    model_args = dict(layers=(1, 1, 1), channels=channels, shortcut='A')
+    return build_with_clear_errors(
+        CifarResNet, name, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(feature_cls='getter', out_indices=kwargs.pop('out_indices', (0, 1, 2, 3))),
+        **dict(model_args, **kwargs))
+
+
 @register_model
 def policy_resnet8(pretrained: bool = False, **kwargs) -> CifarResNet:
     """ResNet-8 policy for CIFAR (paper Sec. 4.1): K outputs (set ``num_classes=K``)."""
-    model_args = dict(layers=(1, 1, 1), channels=(16, 32, 64), shortcut='A')
-    return build_with_clear_errors(
-        CifarResNet, 'policy_resnet8', pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(feature_cls='getter', out_indices=kwargs.pop('out_indices', (0, 1, 2, 3))),
-        **dict(model_args, **kwargs))
+    return _create_policy_resnet8('policy_resnet8', (16, 32, 64), pretrained, **kwargs)
 
 
 @register_model
@@ -66,11 +70,7 @@ def policy_resnet8_tiny(pretrained: bool = False, **kwargs) -> CifarResNet:
     """A cheap policy (issue 11, not in the paper): ResNet-8 at half width (8/16/32 channels), meant for the image
     average-pooled to 16 px (``policy_img_size=16``): 1.6E6 FLOPs, 1.2 % of a CIFAR ResNet-32, against 17.8 % for
     ``policy_resnet8`` on the 32 px image."""
-    model_args = dict(layers=(1, 1, 1), channels=(8, 16, 32), shortcut='A')
-    return build_with_clear_errors(
-        CifarResNet, 'policy_resnet8_tiny', pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(feature_cls='getter', out_indices=kwargs.pop('out_indices', (0, 1, 2, 3))),
-        **dict(model_args, **kwargs))
+    return _create_policy_resnet8('policy_resnet8_tiny', (8, 16, 32), pretrained, **kwargs)
 
 
 @register_model
