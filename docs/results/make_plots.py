@@ -259,6 +259,37 @@ def plot_training_curves(root, out):
     return save(fig, out / 'training_curves.png')
 
 
+def plot_robust_base(root, out):
+    """Issue 11 item 2: DistributeK-K and RandomK-K of the ResNet-32 before and after the robust-base stage (RB7)."""
+    folder = root / 'eval' / 'robust_base'
+    if not folder.is_dir():
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
+    for ax, split, title in zip(axes, ('val', 'test'), ('val (last 5,000 training images)', 'test (10,000)')):
+        for stage, style in (('before', dict(ls='--', marker='o')), ('after', dict(ls='-', marker='s'))):
+            for policy, color in (('distributek', 'C0'), ('randomk', 'C1')):
+                pts = []
+                for k in (5, 7, 9):
+                    f = folder / f'{stage}_{split}_{policy}{k}.json'
+                    if f.is_file():
+                        pts.append((k, json.loads(f.read_text())['top1']))
+                if pts:
+                    ax.plot(*zip(*pts), color=color, label=f'{policy}, {stage}', **style)
+            full = folder / f'{stage}_{split}_full.json'
+            if full.is_file():
+                ax.axhline(json.loads(full.read_text())['top1'], color='gray', ls=style['ls'], lw=0.8,
+                           label=f'all 15 blocks, {stage}')
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel('blocks kept (K of 15)')
+        ax.set_xticks((5, 7, 9))
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel('top-1 %')
+    axes[1].legend(fontsize=7, loc='lower right')
+    fig.suptitle('ResNet-32 before / after 12 epochs of RandomK-7 hard drops with distillation (run RB7)', fontsize=9)
+    fig.tight_layout()
+    return save(fig, out / 'robust_base.png')
+
+
 def save(fig, path):
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -275,7 +306,7 @@ def main():
     args = parser.parse_args()
     out = args.root / 'plots'
     out.mkdir(parents=True, exist_ok=True)
-    for plot in (plot_acc_vs_flops, plot_blocks_hist, plot_per_class_policy, plot_training_curves):
+    for plot in (plot_acc_vs_flops, plot_blocks_hist, plot_per_class_policy, plot_training_curves, plot_robust_base):
         plot(args.root, out)
 
 
