@@ -115,7 +115,7 @@ def compare(
                         timing.setdefault(c.label, []).append(images)
         n_inputs = min(len(v) for v in timing.values())
         runs: Dict[str, Callable[[int], object]] = {
-            c.label: (lambda i, c=c: c.run(timing[c.label][i])) for c in contenders}
+            c.label: (lambda i, c=c: c.run(timing[c.label][i % n_inputs])) for c in contenders}  # (cycles)
         seconds = interleaved_times(runs, repeats, min_seconds, n_inputs)
     per_call = sum(x.shape[0] for x in next(iter(timing.values()))[:n_inputs]) / n_inputs
     out = []
