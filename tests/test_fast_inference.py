@@ -250,6 +250,36 @@ def test_bench_train_writes_throughputs(tmp_path):
     r = json.loads(out.read_text())['results'][0]
     assert r['batch_size'] == 8 and min(r['plain_ips'], r['curriculum_ips'], r['finetune_ips']) > 0
     assert r['finetune_ratio'] == pytest.approx(r['finetune_ips'] / r['plain_ips'])
+    assert (r['precision'], r['layout']) == ('fp32', 'nchw')  # the default, unchanged
+
+
+@pytest.mark.parametrize('flags,settings', [
+    (['--precision', 'bf16'], [('bf16', 'nchw')]),
+    (['--channels-last'], [('fp32', 'channels_last')]),
+    (['--precision', 'bf16', '--channels-last', 'on'], [('bf16', 'channels_last')]),
+    (['--precision', 'fp32,bf16', '--channels-last', 'both'],  # all four, timed in the same interleaved rounds
+     [('fp32', 'nchw'), ('fp32', 'channels_last'), ('bf16', 'nchw'), ('bf16', 'channels_last')]),
+])
+def test_bench_train_precision_and_layout(tmp_path, flags, settings):
+    out = tmp_path / 'train.json'
+    assert main(['bench', '--train', '--model', 'cifar_resnet20', '--batch-sizes', '8', '--repeats', '1',
+                 '--threads', '1', '--json', str(out), *flags]) == 0
+    rows = json.loads(out.read_text())['results']
+    assert [(r['precision'], r['layout']) for r in rows] == settings
+    assert all(min(r['plain_ips'], r['curriculum_ips'], r['finetune_ips']) > 0 for r in rows)
+
+
+@pytest.mark.parametrize('flags,message', [
+    (['--train', '--precision', 'fp16'], "--precision must be one or more of fp32, bf16 .* got 'fp16'"),
+    (['--train', '--precision', 'fp32,'], '--precision must be one or more of fp32, bf16'),
+    (['--precision', 'bf16'], '--precision and --channels-last time training steps: add --train'),
+    (['--channels-last'], '--precision and --channels-last time training steps: add --train'),
+])
+def test_bench_train_bad_precision(capsys, flags, message):
+    assert main(['bench', '--model', 'cifar_resnet20', '--batch-sizes', '8', '--repeats', '1', *flags]) == 2
+    import re
+    err = capsys.readouterr().err
+    assert re.search(message, err) and 'Traceback' not in err
 
 
 def test_fused_copy_copies_and_pickles(tmp_path):

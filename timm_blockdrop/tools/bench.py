@@ -21,7 +21,7 @@ import torch
 from .arguments import check_device, check_output_file, check_positive, write_json
 from ..models.fused import tune_cpu_allocator
 from ..models.loading import as_blockdrop, load_model
-from .train_bench import measure_train_throughput
+from .train_bench import LAYOUTS, measure_train_settings, train_settings
 
 __all__ = ['bench_inference', 'interleaved_times', 'ms_summary', 'add_bench_arguments', 'run_bench']
 
@@ -170,6 +170,10 @@ def add_bench_arguments(sub) -> None:
     p.add_argument('--finetune-mode', default='masked', choices=('masked', 'routed'),
                    help='with --train: how the joint-finetune step runs the blocks')
     p.add_argument('--pretrained-file', default=None, help='with --train: weights of a base model')
+    p.add_argument('--precision', default=None,
+                   help='with --train: fp32 (default), bf16 (autocast around forward and loss) or fp32,bf16 (both)')
+    p.add_argument('--channels-last', nargs='?', const='on', default=None, choices=('off', 'on', 'both'),
+                   help='with --train: models and images in torch.channels_last (on), or NCHW and it (both)')
 
 
 def _batch_sizes(text: str) -> List[int]:
@@ -186,6 +190,10 @@ def run_bench(args) -> List[Dict]:
     check_positive(threads=args.threads, repeats=args.repeats, image_size=args.image_size)
     check_device(args.device)
     check_output_file(args.json, '--json')
+    if not args.train and (args.precision or args.channels_last):
+        raise ValueError('--precision and --channels-last time training steps: add --train')
+    layouts = {'both': LAYOUTS, 'on': LAYOUTS[1:]}.get(args.channels_last, LAYOUTS[:1])
+    settings = train_settings((args.precision or 'fp32').split(','), layouts)
     allocator_tuned = tune_cpu_allocator() if args.device == 'cpu' else False
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -193,11 +201,13 @@ def run_bench(args) -> List[Dict]:
     model = as_blockdrop(load_model(args.model, args.checkpoint, args.pretrained_file,
                                     pretrained=bool(args.checkpoint or args.pretrained_file), require='wrappable'))
     if args.train:
-        results = [measure_train_throughput(model, batch_size=b, rounds=args.repeats, device=args.device,
-                                            seed=args.seed, finetune_mode=args.finetune_mode)
-                   for b in _batch_sizes(args.batch_sizes)]
+        results = [r for b in _batch_sizes(args.batch_sizes)
+                   for r in measure_train_settings(model, settings, batch_size=b, rounds=args.repeats,
+                                                   device=args.device, seed=args.seed,
+                                                   finetune_mode=args.finetune_mode)]
         for r in results:
-            print(f"{r['model']} batch {r['batch_size']}: images/s plain {r['plain_ips']:.1f}, curriculum "
+            print(f"{r['model']} batch {r['batch_size']} {r['precision']} {r['layout']}: images/s plain "
+                  f"{r['plain_ips']:.1f}, curriculum "
                   f"{r['curriculum_ips']:.1f} ({r['curriculum_ratio']:.2f}x), finetune ({r['finetune_mode']}) "
                   f"{r['finetune_ips']:.1f} ({r['finetune_ratio']:.2f}x)")
     else:
