@@ -509,3 +509,46 @@ def test_policy_init_from_base_copies_matching_layers():
     assert torch.equal(model.policy.get_classifier().weight, fc_before)
     with pytest.raises(ValueError, match="'policy_init_from_base' is for stage curriculum"):
         load_config(FT_CONFIG, {'policy_init_from_base': True})
+
+
+# ---- channels_last (issue 11 item 5): a layout, not a different model ----
+
+CHANNELS_LAST_TOLERANCE = 1.0  # val_accuracy (%, absolute; blocks 0.1, reward 0.05): the layouts sum the
+# convolutions in another order (~1e-6 relative on logits), which may flip an argmax or a policy decision near the
+# threshold for one or two of the 200 images (each flip of a prediction moves the accuracy by 0.5 points)
+
+
+def test_channels_last_run_matches_nchw(cl_run, tmp_path):
+    out = tmp_path / 'run'
+    _recipe('curriculum', '--config', CL_CONFIG, '--output-dir', out, *RUN_ARGS, '--set', 'channels_last=true')
+    nchw, cl = _lines(cl_run[0] / 'metrics.jsonl'), _lines(out / 'metrics.jsonl')
+    assert [r['epoch'] for r in cl] == [r['epoch'] for r in nchw] == [0, 1, 2]
+    for a, b in zip(nchw, cl):
+        assert b['val_accuracy'] == pytest.approx(a['val_accuracy'], abs=CHANNELS_LAST_TOLERANCE)
+        assert b['val_blocks_mean'] == pytest.approx(a['val_blocks_mean'], abs=0.1)
+        assert b['val_reward'] == pytest.approx(a['val_reward'], abs=0.05)
+    assert yaml.safe_load((out / 'config.yaml').read_text())['channels_last'] is True
+    loaded = timm.create_model(f'local-dir:{out / "model"}')  # saved contiguous (safetensors), loads as usual
+    assert loaded.num_blocks == 15
+
+
+def test_channels_last_puts_model_and_batches_in_that_layout(tmp_path, shared):
+    from accelerate import Accelerator
+    from timm_blockdrop.train.build import build_model
+    from timm_blockdrop.train.reinforce import CurriculumRollout
+    from timm_blockdrop.train.session import accelerator_options, prepare
+    config = load_config(CL_CONFIG, dict(
+        data=str(CIFAR10), output_dir=str(tmp_path / 'run'), channels_last=True,
+        max_train_samples=64, max_eval_samples=8, batch_size=32, eval_batch_size=8, num_workers=0))
+    model = build_model(config)
+    run = prepare(config, Accelerator(**accelerator_options(config, cpu=True)), CurriculumRollout(model),
+                  torch.optim.Adam(model.policy.parameters()))
+    try:
+        convs = [p for p in model.parameters() if p.dim() == 4]
+        assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+        assert not all(p.is_contiguous() for p in convs)  # (a 1x1 or C=1 weight is both)
+        images = next(iter(run.batches(0)))['pixel_values']
+        assert images.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous()
+    finally:
+        run._bar.close()
+        run.lock.release()

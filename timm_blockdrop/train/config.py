@@ -99,6 +99,7 @@ class TrainConfig:
     decay_epochs: List[float] = field(default_factory=list)
     decay_ratio: float = 0.1
     mixed_precision: str = 'no'             # no | fp16 | bf16
+    channels_last: bool = False             # model (and teacher) and images in torch.channels_last
     seed: int = 0
     # ---- outputs ----
     output_dir: str = 'outputs/run'

@@ -79,6 +79,10 @@ def sync_buffers(accelerator, model: torch.nn.Module) -> None:
             buffer.copy_(broadcast(buffer.detach().clone(), from_process=0))
 
 
+def _memory_format(config: TrainConfig) -> torch.memory_format:
+    return torch.channels_last if config.channels_last else torch.contiguous_format
+
+
 def take_lock(accelerator, output_dir: Path) -> Optional[OutputLock]:
     """The main process locks the output folder; every process raises the same sentence if it is in use."""
     lock, error = None, None
@@ -122,6 +126,7 @@ def _prepared_run(config, accelerator, rollout, optimizer, checkpoint, changes, 
     accelerator.print(f'{accelerator.num_processes} process(es) on {accelerator.device} '
                       f'({accelerator.distributed_type}), {batch_size} images per process and step')
     model = rollout.model
+    rollout.to(memory_format=_memory_format(config))  # (and the teacher: timm's train.py --channels-last)
     seeds = SampleSeeds(config.seed, stream=accelerator.process_index if config.streaming else 0)
     eval_loader = make_loader(eval_split(config, model), config.eval_batch_size, num_workers=config.num_workers)
     stream = None
@@ -197,6 +202,8 @@ class TrainingRun:
         else:
             self.train_loader.set_epoch(epoch)
             batches = skip_first_batches(self.train_loader, batch) if batch else self.train_loader
+        layout = _memory_format(config)  # each batch's images in the model's layout
+        batches = (dict(b, pixel_values=b['pixel_values'].contiguous(memory_format=layout)) for b in batches)
         self.module.train()
         self.throughput.start()
         self._bar = tqdm(batches, total=self.batches_per_epoch, initial=batch, desc=f'epoch {epoch + 1}/'
@@ -241,6 +248,7 @@ class TrainingRun:
         stats = PolicyStats()
         with torch.inference_mode(), accelerator.autocast():
             for images, labels in self.eval_loader:
+                images = images.contiguous(memory_format=_memory_format(self.config))
                 keep = policy(images)
                 logits = model.forward_with_policy(images, keep, mode='routed')
                 keep, preds, labels = accelerator.gather_for_metrics((keep, logits.argmax(1), labels))
@@ -275,8 +283,8 @@ class TrainingRun:
         """Save the trained model in timm's save_for_hf layout (blockdrop eval --checkpoint D/model)."""
         sync_buffers(self.accelerator, self.model)
         self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
-            folder = save_model(self.model, self.output_dir / MODEL_DIR)
+        if self.accelerator.is_main_process:  # (safetensors saves only contiguous tensors)
+            folder = save_model(self.model.to(memory_format=torch.contiguous_format), self.output_dir / MODEL_DIR)
             self.accelerator.print(f'saved {folder}')
         self.accelerator.end_training()
         if self.lock is not None:
