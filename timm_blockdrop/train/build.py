@@ -13,7 +13,7 @@ from ..models.loading import load_model
 from .checkpointing import MODEL_DIR
 from .config import TrainConfig
 
-__all__ = ['build_model', 'build_teacher', 'init_model_folder', 'init_policy_keep', 'init_policy_from_base', 'finetune_param_groups']
+__all__ = ['build_model', 'build_teacher', 'base_weights_note', 'init_model_folder', 'init_policy_keep', 'init_policy_from_base', 'finetune_param_groups']
 
 
 def init_model_folder(init_from: str) -> Path:
@@ -50,8 +50,24 @@ def build_model(config: TrainConfig):
         raise FileNotFoundError(f'{e}; in a recipe: --set pretrained_file=PATH for a local weight file, or '
                                 f'--set base_pretrained=false for random base weights') from None
     policy_img_size = 'auto' if config.policy_img_size is None else config.policy_img_size
-    return wrap(base, policy_model=config.policy_model, policy_img_size=policy_img_size, threshold=config.threshold,
-                alpha=config.alpha)
+    model = wrap(base, policy_model=config.policy_model, policy_img_size=policy_img_size, threshold=config.threshold,
+                 alpha=config.alpha)
+    # what the base started from, in the saved config.json and so on the model card ('base: ' note, tools/hub.py)
+    model.pretrained_cfg = dict(model.pretrained_cfg,
+                                notes=[*(model.pretrained_cfg.get('notes') or ()), base_weights_note(config, base)])
+    return model
+
+
+def base_weights_note(config: TrainConfig, base) -> str:
+    """'base: ...' naming the weights the base ResNet started from (a file, a timm pretrained tag, or none)."""
+    if config.pretrained_file:
+        return f'base: started from the weight file {Path(config.pretrained_file).name}'
+    if not config.base_pretrained:
+        return 'base: started from random weights (base_pretrained: false)'
+    cfg = base.pretrained_cfg
+    tag = f"{cfg.get('architecture')}.{cfg['tag']}" if cfg.get('tag') else cfg.get('architecture')
+    return f"base: started from timm's pretrained {tag}" + (f" (hf-hub: {cfg['hf_hub_id']})" if cfg.get('hf_hub_id')
+                                                          else '')
 
 
 def build_teacher(config: TrainConfig, model):
