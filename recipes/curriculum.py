@@ -19,7 +19,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from timm_blockdrop.models.policies import greedy
-from timm_blockdrop.train.budget import BlockBudget
+from timm_blockdrop.train.budget import block_budget
 from timm_blockdrop.train.build import build_model, init_policy_from_base, init_policy_keep
 from timm_blockdrop.train.config import recipe_main
 from timm_blockdrop.train.curriculum import force_prefix, num_forced
@@ -45,9 +45,7 @@ def training_function(config, args):
     num_blocks = model.num_blocks
     # With budget_blocks the reward pays a price per block that dual ascent raises until the greedy policy keeps
     # that many blocks (beyond the paper: train/budget.py); the price is saved and resumed with the run
-    budget = BlockBudget(config.budget_blocks, num_blocks, config.budget_lr) if config.budget_blocks else None
-    if budget is not None:
-        accelerator.register_for_checkpointing(budget)
+    budget = block_budget(config, num_blocks, accelerator)
 
     # Only the policy network learns; prepare() shares data, DDP, schedule, resume and logs with finetune.py
     optimizer = torch.optim.Adam(model.policy.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -70,8 +68,7 @@ def training_function(config, args):
                 extra = {}
                 if budget is not None and n_forced <= budget.target * num_blocks:  # (reachable at this stage)
                     # dual ascent on the price: up while the greedy policy is over budget
-                    extra['budget_price'] = torch.tensor(budget.update(
-                        accelerator.reduce(budget.cost(out['keep_greedy']).mean(), 'mean').item()))
+                    extra['budget_price'] = torch.tensor(budget.step(out['keep_greedy'], accelerator))
             run.record(out['keep'], correct, r, loss, **extra)
         val = run.evaluate(greedy_policy(model, n_forced)) if run.evaluates(epoch) else {}
         run.end_epoch(epoch, val, decided_blocks=num_blocks - n_forced)

@@ -23,7 +23,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from timm_blockdrop.models.policies import greedy, heuristic_policy
-from timm_blockdrop.train.budget import BlockBudget
+from timm_blockdrop.train.budget import block_budget
 from timm_blockdrop.train.build import build_model, build_teacher, finetune_param_groups
 from timm_blockdrop.train.config import recipe_main
 from timm_blockdrop.train.reinforce import FinetuneRollout, distill_loss, policy_gradient_loss, rewards
@@ -55,9 +55,7 @@ def training_function(config, args):
     teacher = build_teacher(config, model)
     # With budget_blocks the reward pays a price per block that dual ascent raises until the greedy policy keeps
     # that many blocks (beyond the paper: train/budget.py); the price is saved and resumed with the run
-    budget = BlockBudget(config.budget_blocks, model.num_blocks, config.budget_lr) if config.budget_blocks else None
-    if budget is not None:
-        accelerator.register_for_checkpointing(budget)
+    budget = block_budget(config, model.num_blocks, accelerator)
     rollout = FinetuneRollout(model, config.exec_mode, teacher, config.fixed_policy, config.fixed_blocks)
 
     # Policy network (at policy_lr) and ResNet (at lr) learn together
@@ -84,8 +82,7 @@ def training_function(config, args):
                 optimizer.step()
                 optimizer.zero_grad()
                 if budget is not None:  # dual ascent on the price: up while the greedy policy is over budget
-                    losses['budget_price'] = torch.tensor(budget.update(
-                        accelerator.reduce(budget.cost(out['keep_greedy']).mean(), 'mean').item()))
+                    losses['budget_price'] = torch.tensor(budget.step(out['keep_greedy'], accelerator))
             run.record(out['keep'], correct, r, loss, **losses)
         run.end_epoch(epoch, run.evaluate(eval_policy(model, config)) if run.evaluates(epoch) else {})
 

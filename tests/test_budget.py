@@ -103,3 +103,15 @@ def test_a_budgeted_curriculum_run_reaches_its_target(tmp_path, shared):
     assert steps[0]['budget_price'] > 0 and max(s['budget_price'] for s in steps) > 0.5
     final = _lines(out / 'metrics.jsonl')[-1]
     assert abs(final['val_blocks_mean'] - BUDGET) <= BUDGET_TOLERANCE, final
+
+
+def test_a_budget_of_zero_blocks_is_a_budget_and_is_checkpointed():
+    """budget_blocks: 0 is a valid budget (the config allows it): it must not be taken for 'no budget'."""
+    from types import SimpleNamespace
+
+    from timm_blockdrop.train.budget import block_budget
+    registered = []
+    accelerator = SimpleNamespace(register_for_checkpointing=registered.append)
+    assert block_budget(SimpleNamespace(budget_blocks=None, budget_lr=0.05), K, accelerator) is None
+    budget = block_budget(SimpleNamespace(budget_blocks=0, budget_lr=0.05), K, accelerator)
+    assert budget is not None and budget.target == 0 and registered == [budget]

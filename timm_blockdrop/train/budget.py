@@ -16,7 +16,7 @@ from typing import Dict, Optional, Sequence
 
 import torch
 
-__all__ = ['BlockBudget']
+__all__ = ['BlockBudget', 'block_budget']
 
 
 class BlockBudget:
@@ -64,8 +64,22 @@ class BlockBudget:
         self.price = max(0.0, self.price + self.lr * (float(mean_cost) - self.target))
         return self.price
 
+    def step(self, keep_greedy: torch.Tensor, accelerator) -> float:
+        """``update`` from this batch's greedy policies, their mean cost averaged over all processes."""
+        return self.update(accelerator.reduce(self.cost(keep_greedy).mean(), 'mean').item())
+
     def state_dict(self) -> Dict[str, float]:
         return {'price': self.price}
 
     def load_state_dict(self, state: Dict[str, float]) -> None:
         self.price = float(state['price'])
+
+
+def block_budget(config, num_blocks: int, accelerator) -> Optional[BlockBudget]:
+    """The run's budget (None when ``config.budget_blocks`` is None), registered with Accelerate so that its price
+    is saved in the run's checkpoints and resumed with them."""
+    if config.budget_blocks is None:
+        return None
+    budget = BlockBudget(config.budget_blocks, num_blocks, config.budget_lr)
+    accelerator.register_for_checkpointing(budget)
+    return budget
