@@ -13,7 +13,8 @@ from ..models.loading import load_model
 from .checkpointing import MODEL_DIR
 from .config import TrainConfig
 
-__all__ = ['build_model', 'build_teacher', 'base_weights_note', 'init_model_folder', 'init_policy_keep', 'init_policy_from_base', 'finetune_param_groups']
+__all__ = ['build_model', 'build_teacher', 'base_weights_note', 'init_model_folder', 'init_policy_keep',
+           'init_policy_from_base', 'finetune_param_groups']
 
 
 def init_model_folder(init_from: str) -> Path:
@@ -85,7 +86,7 @@ def build_teacher(config: TrainConfig, model):
         if teacher.num_classes != model.num_classes:
             raise ValueError(f"config key 'teacher_model' ({config.teacher_model}) predicts {teacher.num_classes} "
                              f"classes, the model {model.num_classes}: name a teacher trained on the same classes")
-    return teacher.requires_grad_(False).eval()
+    return teacher  # (FinetuneRollout freezes it and keeps it in eval mode)
 
 
 def init_policy_keep(model, keep: float) -> None:
