@@ -29,7 +29,7 @@ from .fused import FusedBlockDrop
 from .routing import BlockKernels, Routing, keep_nonfinite, residual_stages, run_blocks
 from .policies import check_alpha, check_threshold, greedy, straight_through
 from .cifar_resnet import CifarResNet
-from .policy_net import keep_probabilities
+from .policy_net import STEM_POLICIES, keep_probabilities, reads_stem
 from .pretrained_cfgs import PAPER_ID, blockdrop_pretrained_cfgs
 
 __all__ = ['BlockDropResNet', 'wrap', 'UnsupportedModelError', 'SUPPORTED_BASES']
@@ -54,12 +54,22 @@ def _check_supported(base: nn.Module) -> None:
     )
 
 
-def _create_policy(policy_model: str, num_blocks: int, in_chans: int) -> nn.Module:
-    """The policy network f_pn with K outputs, refused here (not on the first forward) if it cannot be one."""
+def _stem_width(base: nn.Module) -> int:
+    """Channels of the base's stem output (the input of block 0)."""
+    return base.bn1.num_features
+
+
+def _create_policy(policy_model: str, num_blocks: int, in_chans: int, base: nn.Module) -> nn.Module:
+    """The policy network f_pn with K outputs, refused here (not on the first forward) if it cannot be one.
+
+    A head on the stem (``policy_stem_head``) is built for the base's stem width; any other policy sees the image.
+    """
     if not isinstance(policy_model, str) or not is_model(policy_model):
-        raise ValueError(f'unknown policy model {policy_model!r}: not a registered timm model (use policy_resnet8 '
-                         f'or policy_resnet10, or another ResNet-class timm model)')
+        raise ValueError(f'unknown policy model {policy_model!r}: not a registered timm model (use policy_resnet8, '
+                         f'policy_resnet10 or policy_stem_head, or another ResNet-class timm model)')
     policy = timm.create_model(policy_model, num_classes=num_blocks, in_chans=in_chans)
+    if reads_stem(policy):
+        return timm.create_model(policy_model, num_classes=num_blocks, in_chans=_stem_width(base))
     # the policy runs as a ResNet (stem, residual stages, head), in the model and in its fused copy
     if not isinstance(policy, SUPPORTED_BASES) or not residual_stages(policy):
         raise UnsupportedModelError(
@@ -111,8 +121,10 @@ class BlockDropResNet(nn.Module):
         Args:
             base_model: timm name of the base ResNet (built untrained; weights come from the checkpoint).
             base_kwargs: extra construction arguments of the base (e.g. ``{'shortcut': 'B'}``).
-            policy_model: timm name of the policy network (``policy_resnet8`` / ``policy_resnet10``).
-            policy_img_size: side the image is average-pooled to for the policy (None: as given).
+            policy_model: timm name of the policy network (``policy_resnet8`` / ``policy_resnet10`` on the image,
+                ``policy_stem_head`` on the base's stem features).
+            policy_img_size: side the image is average-pooled to for the policy (None: as given; must be None for
+                a policy on the stem).
             threshold: greedy policy at test time keeps block k where s_k >= threshold.
             alpha: exploration bound of sampled policies, s' = alpha s + (1 - alpha)(1 - s).
             num_blocks: K, checked against the base when given (it is recorded in saved configs).
@@ -144,7 +156,11 @@ class BlockDropResNet(nn.Module):
             raise ValueError(f"num_blocks={num_blocks} does not match base '{base_model}', which has K = "
                              f'{self.num_blocks} residual blocks')
         self.in_chans = in_chans
-        self.policy = _create_policy(policy_model, self.num_blocks, in_chans)
+        self.policy = _create_policy(policy_model, self.num_blocks, in_chans, self.base)
+        self.policy_reads_stem = reads_stem(self.policy)
+        if self.policy_reads_stem and policy_img_size is not None:
+            raise ValueError(f"policy_img_size={policy_img_size} resizes the image for an image policy, but "
+                             f"'{policy_model}' reads the base's stem features: leave policy_img_size None")
         self.num_classes = self.base.num_classes
         self.num_features = self.base.num_features
         self.head_hidden_size = self.base.head_hidden_size
@@ -251,8 +267,12 @@ class BlockDropResNet(nn.Module):
     # ---- policy ----
 
     def policy_probs(self, x: torch.Tensor) -> torch.Tensor:
-        """s = sigmoid(f_pn(x)), the (B, K) keep probabilities (Eq. 2)."""
-        return keep_probabilities(self.policy, self.check_input(x), self.policy_img_size)
+        """s = sigmoid(f_pn(x)), the (B, K) keep probabilities (Eq. 2); f_pn sees the image, or the stem's output
+        for a policy on the stem."""
+        x = self.check_input(x)
+        if self.policy_reads_stem:
+            return keep_probabilities(self.policy, self.forward_stem(x), None)
+        return keep_probabilities(self.policy, x, self.policy_img_size)
 
     def default_policy(self, x: torch.Tensor) -> torch.Tensor:
         """Train mode: a sampled policy with straight-through gradient; eval: greedy at ``threshold``."""
@@ -393,7 +413,9 @@ class BlockDropResNet(nn.Module):
             with frozen_eval(self):
                 table = block_flops_table(
                     lambda t: self._maxpool(self._stem(t)), self.blocks, self.forward_head, x)
-                policy_flops, _ = count_flops(self.policy_probs, x)
+                # a policy on the stem costs its head only: the stem is the base's, counted in the table
+                policy_flops, _ = (count_flops(self.policy, self.forward_stem(x)) if self.policy_reads_stem
+                                   else count_flops(self.policy_probs, x))
             self._flops_cache[img_size] = (table, policy_flops)
         return self._flops_cache[img_size]
 
@@ -470,16 +492,17 @@ def wrap(
     if policy_model is None:
         policy_model = 'policy_resnet8' if small_input else 'policy_resnet10'
     if policy_img_size == 'auto':
-        policy_img_size = None if small_input else 112
+        policy_img_size = None if small_input or policy_model in STEM_POLICIES else 112
     base_kwargs = {k: v for k, v in getattr(base, '_model_args', {}).items() if k not in _TOP_LEVEL_ARGS}
 
     entry = _entry_for(arch)
     cfg = {k: v for k, v in base_cfg.items() if k not in _SOURCE_KEYS}
     first_conv = base_cfg.get('first_conv') or 'conv1'
     first_conv = (first_conv,) if isinstance(first_conv, str) else tuple(first_conv)
+    policy_first_conv = () if policy_model in STEM_POLICIES else ('policy.conv1',)
     cfg.update(
         architecture=entry,
-        first_conv=tuple(f'base.{c}' for c in first_conv) + ('policy.conv1',),
+        first_conv=tuple(f'base.{c}' for c in first_conv) + policy_first_conv,
         classifier='base.' + base.get_classifier(name_only=True),
         num_classes=base.num_classes,
         paper_ids=PAPER_ID,

@@ -21,7 +21,7 @@ anti-aliasing) run as their own modules, still routed. On other devices than the
 copy runs the model's own modules (channels_last), still routed.
 """
 import copy
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -235,7 +235,10 @@ class FusedBlockDrop(nn.Module):
         self.pretrained_cfg = model.pretrained_cfg
         self._base = _FusedNet(model.base, model.blocks, fuse)
         policy = model.policy
-        self._policy = _FusedNet(policy, [b for s in residual_stages(policy) for b in s], fuse)
+        self.policy_reads_stem = model.policy_reads_stem
+        # a head on the stem has no convolution to fold: it runs as it is, on the fused stem's output
+        self._policy = None if self.policy_reads_stem else _FusedNet(
+            policy, [b for s in residual_stages(policy) for b in s], fuse)
         self.eval()
 
     # a frozen copy: the fused kernels were made from the weights as they were
@@ -264,9 +267,16 @@ class FusedBlockDrop(nn.Module):
             h = block.full(h)
         return self._policy.net.forward_head(h)
 
+    def _probs(self, x: torch.Tensor, stem: Optional[torch.Tensor]) -> torch.Tensor:
+        if self.policy_reads_stem:
+            probs = keep_probabilities(self.model.policy, self.forward_stem(x) if stem is None else stem, None)
+        else:
+            probs = keep_probabilities(self._policy_logits, x, self.policy_img_size)
+        return keep_nonfinite(x, probs)
+
     def policy_probs(self, x: torch.Tensor) -> torch.Tensor:
         """s = sigmoid(f_pn(x)) (Eq. 2), NaN for rows whose input is not finite."""
-        return keep_nonfinite(x, keep_probabilities(self._policy_logits, x, self.policy_img_size))
+        return self._probs(x, None)
 
     def default_policy(self, x: torch.Tensor) -> torch.Tensor:
         """The greedy policy at ``threshold``."""
@@ -275,12 +285,24 @@ class FusedBlockDrop(nn.Module):
     def check_keep(self, keep: torch.Tensor, batch: Optional[int] = None) -> torch.Tensor:
         return self.model.check_keep(keep, batch)
 
+    def _routed(self, x: torch.Tensor, stem: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        h = run_blocks(self._base.blocks, stem, keep, Routing(keep, device=x.device), owned=True)
+        return keep_nonfinite(x, self.forward_head(h))
+
     def forward_with_policy(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """Logits under an explicit (B, K) policy: each block runs only on the rows that keep it."""
         self.model.check_input(x)
         keep = self.check_keep(keep, x.shape[0])
-        h = run_blocks(self._base.blocks, self.forward_stem(x), keep, Routing(keep, device=x.device), owned=True)
-        return keep_nonfinite(x, self.forward_head(h))
+        return self._routed(x, self.forward_stem(x), keep)
+
+    def forward_and_policy(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(logits, greedy keep) of the model's own forward: a policy on the stem shares the stem's output with the
+        blocks (computed once)."""
+        self.model.check_input(x)
+        x = x.contiguous(memory_format=torch.channels_last)  # once, for both passes
+        stem = self.forward_stem(x) if self.policy_reads_stem else None
+        keep = greedy(self._probs(x, stem), self.threshold)
+        return self._routed(x, self.forward_stem(x) if stem is None else stem, keep), keep
 
     def forward_full(self, x: torch.Tensor) -> torch.Tensor:
         """The plain network, every block kept, no policy: the baseline the routed path is held to."""
@@ -291,9 +313,7 @@ class FusedBlockDrop(nn.Module):
         return keep_nonfinite(x, self.forward_head(h))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.model.check_input(x)
-        x = x.contiguous(memory_format=torch.channels_last)  # once, for both passes
-        return self.forward_with_policy(x, self.default_policy(x))
+        return self.forward_and_policy(x)[0]
 
     def flops(self, keep: torch.Tensor, include_policy: bool = True, img_size=None) -> torch.Tensor:
         return self.model.flops(keep, include_policy, img_size)

@@ -48,8 +48,7 @@ class Contender:
         """(logits, keep) on the fused engine: the learned policy, or every block for a static model."""
         if self.static:
             return self.fused.forward_full(x), torch.ones(x.shape[0], self.model.num_blocks, dtype=torch.bool)
-        keep = self.fused.default_policy(x)
-        return self.fused.forward_with_policy(x, keep), keep
+        return self.fused.forward_and_policy(x)
 
 
 def load_contender(spec: str) -> Contender:

@@ -70,11 +70,11 @@ def evaluate_policy(
     fused = model.fuse()  # explicit: a frozen, fused inference copy of the model as it is now
 
     def blockdrop(images):
-        if policy == 'learned':
-            keep = fused.default_policy(images)
-        else:
-            keep = heuristic_policy(policy, images.shape[0], model.num_blocks, blocks, model.stage_sizes,
-                                    generator).to(device)
+        if policy == 'learned':  # the model's own forward (a policy on the stem shares its output)
+            logits, keep = fused.forward_and_policy(images)
+            return keep, logits.argmax(dim=1).cpu()
+        keep = heuristic_policy(policy, images.shape[0], model.num_blocks, blocks, model.stage_sizes,
+                                generator).to(device)
         return keep, fused.forward_with_policy(images, keep).argmax(dim=1).cpu()
 
     variants = {'blockdrop': blockdrop, 'full_timm': model.base, 'full_fast': fused.forward_full}

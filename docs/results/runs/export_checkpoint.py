@@ -11,17 +11,18 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from timm_blockdrop import train_run as run
+from timm_blockdrop.train.build import build_model
+from timm_blockdrop.train.checkpointing import save_model
 from timm_blockdrop.train.config import load_config
 
 
 def main(checkpoint, config_file, out):
     config = load_config(config_file)
-    model = run.build_model(config)
+    model = build_model(config)
     state = load_file(str(Path(checkpoint) / 'model.safetensors'))
     state = {k[len('model.'):]: v for k, v in state.items() if k.startswith('model.')}
     model.load_state_dict(state, strict=True)
-    folder = run.save_model(model.eval(), Path(out))
+    folder = save_model(model.eval(), Path(out))
     print(f'saved {folder}')
 
 
