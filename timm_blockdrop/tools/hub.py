@@ -228,8 +228,9 @@ def render_card(
         base_model=_base_model(model), base_kwargs=args.get('base_kwargs') or None,
         base_note=base_notes[0] if base_notes else None, num_blocks=model.num_blocks,
         policy_model=args['policy_model'],
-        policy_input=(f"the image average-pooled to {model.policy_img_size} px" if model.policy_img_size
-                      else 'the full-resolution image'),
+        policy_input=("the base ResNet's stem features (a head with no convolution of its own)"
+                      if model.policy_reads_stem else f"the image average-pooled to {model.policy_img_size} px"
+                      if model.policy_img_size else 'the full-resolution image'),
         threshold=threshold, alpha=model.alpha,
         params_total=f'{sum(p.numel() for p in model.parameters()) / 1e6:.2f}',
         params_base=f'{sum(p.numel() for p in model.base.parameters()) / 1e6:.2f}',
