@@ -312,3 +312,36 @@ def test_every_blockdrop_tag_names_its_hub_repo_dataset_licence_and_base():
         assert cfg.num_classes == {'CIFAR-10': 10, 'CIFAR-100': 100, 'ImageNet-1k': 1000}[dataset['name']]
         (row,) = [line for line in section.splitlines() if line.startswith(f'| `{name}` |')]
         assert ('not yet' in row) == (name not in RELEASED_TAGS), row
+
+
+# ---- the speed-up and the comparison with static ResNets in the card (issue 11 item 7) ----
+
+def test_card_carries_the_measured_speedup_and_the_compare_rows(run, tmp_path):
+    speed = _eval_json(tmp_path / 'speed.json', '--checkpoint', str(run.ckpt), '--compare-full', '--batch-size', '32')
+    assert (speed['batch_size'], speed['threads']) == (32, torch.get_num_threads())
+    compare = tmp_path / 'compare.json'
+    assert main(['compare', '--data', str(CIFAR10), '--max-samples', '64', '--batch-size', '32', '--json',
+                 str(compare), str(run.ckpt), f'cifar_resnet20={RESNET_FILES[20]}']) == 0
+    rows = json.loads(compare.read_text())['rows']
+    folder = tmp_path / 'repo'
+    assert main(_publish_args(run, '--speed-json', str(tmp_path / 'speed.json'), '--compare-json', str(compare),
+                              '--dry-run', str(folder))) == 0
+    text = ModelCard.load(folder / 'README.md').text
+    assert '### Speed' in text and '### Against static ResNets' in text
+    assert (f"| 32 | {speed['threads']} | 64 | test | {speed['images_per_s']:.0f} | "
+            f"{speed['full_fast_images_per_s']:.0f} | {speed['speedup_vs_full_fast']:.2f}x |") in text
+    for row in rows:
+        assert f"| {row['label']} | {row['top1']:.2f} | {row['ms_per_image']:.3f} | {row['blocks_mean']:.2f} |" in text
+    # without them the card has neither section
+    assert '### Speed' not in ModelCard.load(run.folder / 'README.md').text
+
+
+def test_a_speed_json_without_timing_is_refused(run, capsys, tmp_path):
+    err = _cli_error(capsys, _publish_args(run, '--speed-json', str(run.learned_json), '--dry-run',
+                                           str(tmp_path / 'out')))
+    assert 'has no timing of the learned policy against the fused full ResNet' in err and '--compare-full' in err
+    bad = tmp_path / 'compare.json'
+    bad.write_text(json.dumps({'rows': [{'label': 'x'}]}))
+    err = _cli_error(capsys, _publish_args(run, '--compare-json', str(bad), '--dry-run', str(tmp_path / 'out')))
+    assert "is not a 'blockdrop compare --json' report" in err
+    assert not (tmp_path / 'out').exists()

@@ -143,6 +143,9 @@ def evaluate_policy(
         'per_class_blocks_mean': per_class,
         'per_class_block_keep_rate': per_class_keep,
     }
+    if len(speed) > 1:  # timed against the full model: the conditions of the timing
+        report.update(batch_size=getattr(loader, 'batch_size', None), threads=torch.get_num_threads(),
+                      device=str(device))
     for name in ('full_timm', 'full_fast'):
         if name in speed:
             report[f'{name}_images_per_s'] = speed[name]

@@ -109,6 +109,48 @@ def read_eval_report(path: str, model: BlockDropResNet, base: bool = False) -> D
     return report
 
 
+def read_speed_report(path: str, model: BlockDropResNet) -> Dict[str, Any]:
+    """A ``blockdrop eval --compare-full --json`` report of ``model``: its speed against the full ResNet."""
+    report = read_eval_report(path, model)
+    if report['policy'] != 'learned' or 'speedup_vs_full_fast' not in report:
+        raise ValueError(f'eval JSON {path} has no timing of the learned policy against the fused full ResNet: '
+                         f'make it with blockdrop eval --checkpoint ... --compare-full --json (on a CPU)')
+    return report
+
+
+def read_compare_report(path: str) -> Dict[str, Any]:
+    """A ``blockdrop compare --json`` report (rows of label, top1, ms_per_image, blocks_mean)."""
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f'compare JSON not found: {path}')
+    try:
+        report = json.loads(file.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f'compare JSON {path} is not valid JSON: {e}') from None
+    keys = ('label', 'top1', 'ms_per_image', 'blocks_mean')
+    if (not isinstance(report, dict) or not isinstance(report.get('rows'), list) or not report['rows']
+            or not all(isinstance(r, dict) and all(k in r for k in keys) for r in report['rows'])):
+        raise ValueError(f"compare JSON {path} is not a 'blockdrop compare --json' report: it needs rows with "
+                         f"{', '.join(keys)}")
+    return report
+
+
+def _speed_rows(reports: Sequence[Dict[str, Any]]) -> List[Dict[str, str]]:
+    return [dict(batch=str(r.get('batch_size') or '?'), threads=str(r.get('threads') or '?'),
+                 images=str(r['n_images']), split=r.get('split') or '?', ours=f"{r['images_per_s']:.0f}",
+                 full=f"{r['full_fast_images_per_s']:.0f}", speedup=f"{r['speedup_vs_full_fast']:.2f}x")
+            for r in reports]
+
+
+def _compare_rows(report: Optional[Dict[str, Any]]) -> List[Dict[str, str]]:
+    if not report:
+        return []
+    front = set(report.get('pareto') or ())
+    return [dict(label=r['label'], top1=f"{r['top1']:.2f}", ms=f"{r['ms_per_image']:.3f}",
+                 blocks=f"{r['blocks_mean']:.2f}", pareto='yes' if r['label'] in front else 'no')
+            for r in report['rows']]
+
+
 def _dataset(model: BlockDropResNet, reports: Sequence[Dict], override: Optional[str]) -> Dict[str, Any]:
     """The data set the model is for: ``--dataset``, else config notes, eval data, or num_classes."""
     def known(name: Optional[str]) -> Optional[Dict[str, Any]]:
@@ -190,8 +232,11 @@ def render_card(
         train_configs: Sequence[Dict[str, str]] = (),
         plots: Sequence[str] = (),
         template: Optional[str] = None,
+        speed_reports: Sequence[Dict[str, Any]] = (),
+        compare_report: Optional[Dict[str, Any]] = None,
 ) -> ModelCard:
-    """The model card: Hub metadata (model-index from the learned-policy report) and the filled template."""
+    """The model card: Hub metadata (model-index from the learned-policy report) and the filled template; the
+    speed-ups of ``speed_reports`` (eval --compare-full) and the rows of a ``compare_report`` when given."""
     cfg, args = model.pretrained_cfg, model._model_args
     dataset = dataset or _dataset(model, list(reports), None)
     threshold = model.threshold
@@ -246,6 +291,11 @@ def render_card(
         paper_rows=[dict(zip(('label', 'top1', 'blocks', 'flops'), row))
                     for row in PAPER_RESULTS.get((_base_model(model), dataset.get('tag')), [])],
         eval_command=_eval_command(first, dataset) if first else None, plots=list(plots),
+        speed_rows=_speed_rows(speed_reports), compare_rows=_compare_rows(compare_report),
+        compare=compare_report and dict(split=compare_report.get('split') or '?',
+                                        images=compare_report.get('n_images') or '?',
+                                        batch=compare_report.get('batch_size') or '?',
+                                        threads=compare_report.get('threads') or '?'),
     )
     if template is not None and not Path(template).is_file():
         raise FileNotFoundError(f'model card template not found: {template}')
@@ -280,12 +330,16 @@ def build_repo_folder(
         train_configs: Sequence[str] = (),
         plots: Sequence[str] = (),
         template: Optional[str] = None,
+        speed_jsons: Sequence[str] = (),
+        compare_json: Optional[str] = None,
 ) -> List[str]:
     """Write the Hub repo of ``checkpoint`` into ``folder`` (which must be empty or new); its file names."""
     check_repo_id(repo_id)
     model = load_model(checkpoint=checkpoint, require='blockdrop').eval()
     reports = [read_eval_report(p, model) for p in eval_jsons]
     base_reports = [read_eval_report(p, model, base=True) for p in base_eval_jsons]
+    speed_reports = [read_speed_report(p, model) for p in speed_jsons]
+    compare_report = read_compare_report(compare_json) if compare_json else None
     data = _dataset(model, reports, dataset)
     plot_files = sorted(Path(checkpoint).glob('*.png')) + [Path(p) for p in plots]
     extras = _extra_files(plot_files, [Path(p) for p in train_configs])
@@ -302,7 +356,7 @@ def build_repo_folder(
     configs = [dict(name=f.name, text=f.read_text(encoding='utf-8').strip()) for f in extras.values()
                if f not in plot_files]
     card = render_card(model, repo_id, reports, base_reports, data, license, recipe, train_commands, configs,
-                       [f.name for f in plot_files], template)
+                       [f.name for f in plot_files], template, speed_reports, compare_report)
 
     out.mkdir(parents=True, exist_ok=True)
     timm.models.save_for_hf(model, out, model_config=dict(pretrained_cfg=pretrained_cfg), safe_serialization=True)
@@ -347,6 +401,11 @@ def add_publish_arguments(sub) -> None:
                         'learned policy, --policy full, baselines); the learned one goes into model-index')
     p.add_argument('--base-eval-json', action='append', default=[], metavar='EVAL.json',
                    help='a `blockdrop eval --json` report of the base ResNet before BlockDrop (repeatable)')
+    p.add_argument('--speed-json', action='append', default=[], metavar='EVAL.json',
+                   help='a `blockdrop eval --compare-full --json` report of this checkpoint: its speed-up over the '
+                        'fused full ResNet goes into the card (repeatable: one per batch size)')
+    p.add_argument('--compare-json', metavar='COMPARE.json',
+                   help='a `blockdrop compare --json` report: its rows (top-1, ms/image) go into the card')
     p.add_argument('--dataset', help='Hub id of the data set (default: from the config, the eval JSON or '
                                      'num_classes: cifar10, cifar100, imagenet-1k)')
     p.add_argument('--license', help="licence of the weights (default: the config's pretrained_cfg licence)")
@@ -368,6 +427,7 @@ def run_publish(args) -> Dict[str, Any]:
         commit_message=args.commit_message, eval_jsons=args.eval_json, base_eval_jsons=args.base_eval_json,
         dataset=args.dataset, license=args.license, recipe=args.recipe, train_commands=args.train_command,
         train_configs=args.train_config, plots=args.plots, template=args.card_template,
+        speed_jsons=args.speed_json, compare_json=args.compare_json,
     )
     if result['uploaded']:
         print(f"uploaded {', '.join(result['files'])} to https://huggingface.co/{args.repo_id}"
