@@ -65,6 +65,11 @@ def test_fused_forward_matches_the_model_and_shares_the_stem(model):
     assert torch.equal(fused_keep.bool(), keep.bool())
     torch.testing.assert_close(logits, want, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(fused(x), want, rtol=1e-4, atol=1e-4)
+    other = 1 - keep.int()  # a given policy replaces the network's decisions (bench's random policies)
+    with torch.no_grad():
+        logits, used = fused.forward_and_policy(x, other)
+        torch.testing.assert_close(logits, model.forward_with_policy(x, other), rtol=1e-4, atol=1e-4)
+    assert torch.equal(used, other)
     calls = []
     handle = fused.model.policy.register_forward_hook(lambda *a: calls.append(1))
     stem_calls = []

@@ -295,13 +295,16 @@ class FusedBlockDrop(nn.Module):
         keep = self.check_keep(keep, x.shape[0])
         return self._routed(x, self.forward_stem(x), keep)
 
-    def forward_and_policy(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward_and_policy(self, x: torch.Tensor, keep: Optional[torch.Tensor] = None
+                           ) -> Tuple[torch.Tensor, torch.Tensor]:
         """(logits, greedy keep) of the model's own forward: a policy on the stem shares the stem's output with the
-        blocks (computed once)."""
+        blocks (computed once). ``keep``: run the policy network all the same, but the blocks under this (B, K)
+        policy (what a benchmark of random policies times)."""
         self.model.check_input(x)
         x = x.contiguous(memory_format=torch.channels_last)  # once, for both passes
         stem = self.forward_stem(x) if self.policy_reads_stem else None
-        keep = greedy(self._probs(x, stem), self.threshold)
+        greedy_keep = greedy(self._probs(x, stem), self.threshold)
+        keep = greedy_keep if keep is None else self.check_keep(keep, x.shape[0])
         return self._routed(x, self.forward_stem(x) if stem is None else stem, keep), keep
 
     def forward_full(self, x: torch.Tensor) -> torch.Tensor:

@@ -99,11 +99,8 @@ def bench_inference(
             flops = torch.cat([model.flops(k, include_policy=True, img_size=(size, size)) for k in keeps])
             flops_ratio = float(flops.mean()) / table.full
 
-            def routed(i):
-                x = xs[i % n_sets]
-                probs = fused.policy_probs(x)
-                keep = keeps[i % n_sets] if policy == 'random' else (probs >= model.threshold)
-                return fused.forward_with_policy(x, keep)
+            def routed(i):  # the policy network runs in both cases; random keeps replace its decisions
+                return fused.forward_and_policy(xs[i % n_sets], keeps[i % n_sets] if policy == 'random' else None)[0]
 
             variants = {
                 'full_timm': lambda i: base(xs[i % n_sets]),
