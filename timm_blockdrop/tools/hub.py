@@ -78,19 +78,24 @@ def _base_model(model: BlockDropResNet) -> str:
     return model._model_args['base_model']
 
 
+def _read_json(path: str, what: str) -> Any:
+    """The JSON in ``path``, or a sentence naming the ``what`` JSON that is missing or broken."""
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f'{what} JSON not found: {path}')
+    try:
+        return json.loads(file.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f'{what} JSON {path} is not valid JSON: {e}') from None
+
+
 def read_eval_report(path: str, model: BlockDropResNet, base: bool = False) -> Dict[str, Any]:
     """A ``blockdrop eval --json`` report, checked to be of ``model`` (or, ``base=True``, of its base ResNet).
 
     The report must name the checkpoint's architecture (its base architecture for ``base``), have its K and
     the same full-model FLOPs (so a report of another base wrapped under the same entry is refused too).
     """
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f'eval JSON not found: {path}')
-    try:
-        report = json.loads(file.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f'eval JSON {path} is not valid JSON: {e}') from None
+    report = _read_json(path, 'eval')
     missing = [k for k in REPORT_KEYS if not isinstance(report, dict) or k not in report]
     if missing:
         raise ValueError(f"eval JSON {path} is not a 'blockdrop eval --json' report: no {', '.join(missing)}")
@@ -120,13 +125,7 @@ def read_speed_report(path: str, model: BlockDropResNet) -> Dict[str, Any]:
 
 def read_compare_report(path: str) -> Dict[str, Any]:
     """A ``blockdrop compare --json`` report (rows of label, top1, ms_per_image, blocks_mean)."""
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f'compare JSON not found: {path}')
-    try:
-        report = json.loads(file.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f'compare JSON {path} is not valid JSON: {e}') from None
+    report = _read_json(path, 'compare')
     keys = ('label', 'top1', 'ms_per_image', 'blocks_mean')
     if (not isinstance(report, dict) or not isinstance(report.get('rows'), list) or not report['rows']
             or not all(isinstance(r, dict) and all(k in r for k in keys) for r in report['rows'])):
