@@ -64,6 +64,22 @@ def test_release_reproduces_its_card(tmp_path, shared, name):
     assert re.fullmatch(r'\d+\.\d\d', top1)
 
 
+@pytest.mark.parametrize('name', RELEASED)
+def test_the_tag_builds_the_released_architecture(name):
+    """timm builds a tag from its entry: with the release's weights file, pretrained=True on the tag gives the model of
+    the folder (policy network, its input size), not the entry's default policy with these weights."""
+    import torch
+    folder = RELEASE / name
+    args = json.loads((folder / 'config.json').read_text())['model_args']
+    by_tag = timm.create_model(name, pretrained=True,
+                               pretrained_cfg_overlay=dict(file=str(folder / 'model.safetensors'))).eval()
+    for key in ('base_model', 'policy_model', 'policy_img_size', 'num_blocks'):
+        assert by_tag._model_args[key] == args[key], key
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(by_tag(x), timm.create_model(f'local-dir:{folder}', pretrained=True).eval()(x))
+
+
 # the recipe configs of the release equal the resolved configs the runs recorded (paths and bookkeeping aside)
 RUNS = Path(__file__).resolve().parents[1] / 'docs' / 'results' / 'runs'
 PATHS = ('pretrained_file', 'data', 'init_from', 'output_dir')

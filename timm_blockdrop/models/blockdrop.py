@@ -20,6 +20,7 @@ import torch.nn as nn
 import timm
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import ResNet, generate_default_cfgs, is_model, register_model
+from timm.models._builder import resolve_pretrained_cfg
 from timm.models._features import feature_take_indices
 
 from ..errors import CheckpointError, UnsupportedModelError
@@ -30,7 +31,7 @@ from .routing import BlockKernels, Routing, keep_nonfinite, residual_stages, run
 from .policies import check_alpha, check_threshold, greedy, straight_through
 from .cifar_resnet import CifarResNet
 from .policy_net import STEM_POLICIES, keep_probabilities, reads_stem
-from .pretrained_cfgs import PAPER_ID, blockdrop_pretrained_cfgs
+from .pretrained_cfgs import PAPER_ID, RELEASE_MODEL_ARGS, blockdrop_pretrained_cfgs
 
 __all__ = ['BlockDropResNet', 'wrap', 'UnsupportedModelError', 'SUPPORTED_BASES']
 
@@ -449,6 +450,11 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: BlockDropRe
 
 
 def _create_blockdrop(variant: str, pretrained: bool = False, **kwargs) -> BlockDropResNet:
+    cfg = kwargs.get('pretrained_cfg')
+    if pretrained and not isinstance(cfg, dict):  # a tag of this entry (a local-dir:/hf-hub: config brings its args)
+        tag = resolve_pretrained_cfg(variant, cfg, kwargs.get('pretrained_cfg_overlay')).tag
+        for key, value in RELEASE_MODEL_ARGS.get(f'{variant}.{tag}', {}).items():
+            kwargs.setdefault(key, value)
     # features: the stem and every stage (4 taps for CIFAR ResNets, 5 for ImageNet ones), gated
     cifar = 'cifar' in kwargs.get('base_model', variant)
     out_indices = kwargs.pop('out_indices', (0, 1, 2, 3) if cifar else (0, 1, 2, 3, 4))

@@ -10,7 +10,7 @@ from typing import Any, Dict, Optional
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 __all__ = ['CIFAR10_MEAN', 'CIFAR10_STD', 'CIFAR100_MEAN', 'CIFAR100_STD', 'HUB_ORG', 'DATASETS', 'RELEASED_TAGS',
-           'LOCAL_RELEASES', 'hub_id', 'release_status', 'blockdrop_pretrained_cfgs']
+           'LOCAL_RELEASES', 'RELEASE_MODEL_ARGS', 'hub_id', 'release_status', 'blockdrop_pretrained_cfgs']
 
 # normalisation the shared CIFAR-10 checkpoints were trained with (see shared/weights/README.md), and the CIFAR-100
 # one; the CIFAR ResNets' own tags use them too
@@ -37,6 +37,10 @@ RELEASED_TAGS = frozenset()
 # 'entry.tag' -> its Hub-ready folder (blockdrop publish --dry-run) committed in the project repository, not uploaded
 LOCAL_RELEASES = {name: f'release/{name}' for name in ('blockdrop_cifar_resnet20.cifar10',
                                                       'blockdrop_cifar_resnet32.cifar10')}
+
+# 'entry.tag' -> the model args its released weights were trained with where they differ from the entry's defaults
+# (the paper's policy): timm builds a tag from its entry, so pretrained=True must build the released architecture
+RELEASE_MODEL_ARGS: Dict[str, Dict[str, Any]] = {}
 
 _CIFAR10_BASE = 'akamaster/pytorch_resnet_cifar10 weights (BSD 2-Clause), shortcut A'
 
