@@ -100,3 +100,47 @@ def test_release_recipe_configs_are_the_recorded_runs(shared, config, run):
             assert Path(ours[key]).name == Path(recorded[key]).name, key
     assert ({k: v for k, v in ours.items() if k not in PATHS + UNUSED}
             == {k: v for k, v in recorded.items() if k not in PATHS + UNUSED})
+
+
+# the ResNet-32 release of issue 11 is a chain of runs: each one's recorded config is its committed recipe config with
+# the overrides of its recorded command (--epochs, --set ...), paths and bookkeeping aside
+CHAIN = [('cifar10_resnet32_budget7_robust_ft.yaml', 'RB7_robust_randomk7_kd'),
+         ('cifar10_resnet32_budget7_cl.yaml', 'PB7_budget7_policy'),
+         ('cifar10_resnet32_budget7_ft.yaml', 'JB7_budget7_joint'),
+         ('cifar10_resnet32_budget7_ft.yaml', 'JB7b_budget7_joint_more')]
+BOOKKEEPING = ('num_workers', 'eval_every_epochs', 'checkpoint_every_steps', 'keep_checkpoints', 'log_every_steps',
+               'eval_at_start', 'max_train_samples')
+
+
+def _command_overrides(command: str):
+    """The config overrides of a recorded `accelerate launch recipes/<stage>.py ...` command."""
+    import shlex
+    from timm_blockdrop.train.config import parse_set
+    words = shlex.split(command)
+    flags = {'--epochs': 'epochs', '--batch-size': 'batch_size', '--max-train-samples': 'max_train_samples'}
+    out, sets = {}, []
+    for flag, value in zip(words, words[1:]):
+        if flag in flags:
+            out[flags[flag]] = int(value)
+        elif flag == '--set':
+            sets.append(value)
+    return {**parse_set(sets), **out}
+
+
+@pytest.mark.parametrize('config, run', CHAIN)
+def test_the_release_chain_runs_are_their_recipe_configs(shared, config, run):
+    import dataclasses
+    from timm_blockdrop.train.config import load_config
+    command = json.loads((RUNS / run / 'run.json').read_text())['command']
+    overrides = {k: v for k, v in _command_overrides(command).items() if k not in PATHS}
+    ours = dataclasses.asdict(load_config(str(RUNS.parents[2] / 'recipes' / 'configs' / config), overrides))
+    recorded = dataclasses.asdict(load_config(str(RUNS / run / 'config.yaml')))
+    for c in (ours, recorded):  # the same shared files, wherever ../shared was
+        for key in ('pretrained_file', 'data', 'teacher_file'):
+            c[key] = c[key] and Path(c[key]).name
+    skip = ('init_from', 'output_dir') + BOOKKEEPING
+    if recorded['eval_every_epochs'] > recorded['epochs'] and not recorded['eval_at_start']:
+        skip += ('eval_split',)  # a run that never evaluated: its eval split had no effect
+    for c in (ours, recorded):  # milestones after the last epoch never fire
+        c['decay_epochs'] = [e for e in c['decay_epochs'] if e < recorded['epochs']]
+    assert {k: v for k, v in ours.items() if k not in skip} == {k: v for k, v in recorded.items() if k not in skip}
