@@ -79,9 +79,14 @@ def evaluate_policy(
 
     variants = {'blockdrop': blockdrop, 'full_timm': model.base, 'full_fast': fused.forward_full}
 
-    def run_variants(images, timing: bool):
-        """Every timed variant on ``images`` in turn (seconds added where ``timing``); BlockDrop's (keep, preds)."""
-        for name in timed:
+    def run_variants(images, timing: bool, batch: int = 0):
+        """Every timed variant on ``images`` in turn (seconds added where ``timing``); BlockDrop's (keep, preds).
+
+        The order rotates from batch to batch: the variant that runs first after the data loading finds the caches
+        cold, and none should always be it."""
+        names = list(timed)
+        k = batch % len(names)
+        for name in names[k:] + names[:k]:
             start = time.perf_counter()
             out = variants[name](images)
             if timing:
@@ -99,7 +104,7 @@ def evaluate_policy(
                 img_size = tuple(images.shape[-2:])
             # the first batch warms up (engine build, allocator, oneDNN primitives) untimed; the later ones time
             # the variants side by side on the same batch
-            keep, preds = run_variants(images, timing=i > 0)
+            keep, preds = run_variants(images, timing=i > 0, batch=i)
             n_images += images.shape[0]
             metric.add_batch(predictions=preds, references=targets)
             keep = keep.cpu().bool()
