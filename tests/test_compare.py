@@ -88,3 +88,12 @@ def test_outputs_are_checked_before_any_model_runs(tmp_path, shared, capsys, mon
                  str(tmp_path / 'c.png'), str(RELEASE20)]) == 2
     assert "--plot needs matplotlib, which is not installed: pip install 'timm-blockdrop[plots]'" in \
         capsys.readouterr().err
+
+
+def test_a_recipe_model_folder_is_labelled_by_its_run(tmp_path, shared):
+    """Recipes write <output_dir>/model: two runs' models must not both be called 'model' in the table."""
+    import shutil
+    run_model = tmp_path / 'JS7' / 'model'
+    shutil.copytree(RELEASE20, run_model)
+    assert compare.load_contender(str(run_model)).label == 'JS7/model'
+    assert compare.load_contender(str(RELEASE20)).label == RELEASE20.name

@@ -62,7 +62,10 @@ def load_contender(spec: str) -> Contender:
     else:
         if not Path(spec).is_dir():
             raise FileNotFoundError(f"SPEC '{spec}' is neither a checkpoint folder nor NAME=WEIGHTS_FILE")
-        loaded, label = load_model(checkpoint=spec, require='wrappable'), Path(spec).name
+        path = Path(spec).resolve()
+        # a recipe's <output_dir>/model folder is known by its run: 'JS7/model', not 'model'
+        label = f'{path.parent.name}/{path.name}' if path.name == 'model' else path.name
+        loaded = load_model(checkpoint=spec, require='wrappable')
     model = as_blockdrop(loaded).eval()
     return Contender(label, spec, model, model.fuse(), static=not isinstance(loaded, BlockDropResNet))
 
