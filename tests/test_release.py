@@ -1,4 +1,4 @@
-"""The released weights under release/ (issue 7): `blockdrop eval` on the real CIFAR-10 test set reproduces the
+"""The released weights under release/ (issues 7 and 11): `blockdrop eval` on the real CIFAR-10 test set reproduces the
 numbers their model cards print, exactly as printed, and the folders load through timm's `local-dir:`."""
 import json
 import re
@@ -80,7 +80,8 @@ def test_the_tag_builds_the_released_architecture(name):
         assert torch.equal(by_tag(x), timm.create_model(f'local-dir:{folder}', pretrained=True).eval()(x))
 
 
-# the recipe configs of the release equal the resolved configs the runs recorded (paths and bookkeeping aside)
+# issue 7's recipe configs (*_cpu.yaml) equal the resolved configs of the runs behind its first ResNet-32 release
+# (paths and bookkeeping aside)
 RUNS = Path(__file__).resolve().parents[1] / 'docs' / 'results' / 'runs'
 PATHS = ('pretrained_file', 'data', 'init_from', 'output_dir')
 UNUSED = ('decay_epochs',)  # the step schedule's milestones: the release runs use cosine
@@ -107,7 +108,10 @@ def test_release_recipe_configs_are_the_recorded_runs(shared, config, run):
 CHAIN = [('cifar10_resnet32_budget7_robust_ft.yaml', 'RB7_robust_randomk7_kd'),
          ('cifar10_resnet32_budget7_cl.yaml', 'PB7_budget7_policy'),
          ('cifar10_resnet32_budget7_ft.yaml', 'JB7_budget7_joint'),
-         ('cifar10_resnet32_budget7_ft.yaml', 'JB7b_budget7_joint_more')]
+         ('cifar10_resnet32_budget7_ft.yaml', 'JB7b_budget7_joint_more'),
+         ('cifar10_resnet32_budget7_ft.yaml', 'JB7c_budget7_joint_long'),
+         ('cifar10_resnet32_budget7_stem_cl.yaml', 'PS7_budget7_stem_policy'),
+         ('cifar10_resnet32_budget7_ft.yaml', 'JS7_budget7_stem_joint')]
 BOOKKEEPING = ('num_workers', 'eval_every_epochs', 'checkpoint_every_steps', 'keep_checkpoints', 'log_every_steps',
                'eval_at_start', 'max_train_samples')
 

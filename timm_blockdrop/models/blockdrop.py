@@ -449,12 +449,15 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: BlockDropRe
     return state_dict
 
 
-def _create_blockdrop(variant: str, pretrained: bool = False, **kwargs) -> BlockDropResNet:
+def _create_blockdrop(variant: str, pretrained: bool = False, defaults: Optional[Dict[str, Any]] = None,
+                      **kwargs) -> BlockDropResNet:
+    """The entry's ``defaults``, then the args a pretrained tag's weights were released with, then the caller's."""
     cfg = kwargs.get('pretrained_cfg')
+    release = {}
     if pretrained and not isinstance(cfg, dict):  # a tag of this entry (a local-dir:/hf-hub: config brings its args)
         tag = resolve_pretrained_cfg(variant, cfg, kwargs.get('pretrained_cfg_overlay')).tag
-        for key, value in RELEASE_MODEL_ARGS.get(f'{variant}.{tag}', {}).items():
-            kwargs.setdefault(key, value)
+        release = RELEASE_MODEL_ARGS.get(f'{variant}.{tag}', {})
+    kwargs = {**(defaults or {}), **release, **kwargs}
     # features: the stem and every stage (4 taps for CIFAR ResNets, 5 for ImageNet ones), gated
     cifar = 'cifar' in kwargs.get('base_model', variant)
     out_indices = kwargs.pop('out_indices', (0, 1, 2, 3) if cifar else (0, 1, 2, 3, 4))
@@ -554,58 +557,58 @@ def blockdrop(pretrained: bool = False, **kwargs) -> BlockDropResNet:
 @register_model
 def blockdrop_resnet18(pretrained: bool = False, **kwargs) -> BlockDropResNet:
     """BlockDrop on timm resnet18 (K = 8), ResNet-10 policy at 112 px."""
-    return _create_blockdrop('blockdrop_resnet18', pretrained, **dict(_imagenet_args(18), **kwargs))
+    return _create_blockdrop('blockdrop_resnet18', pretrained, _imagenet_args(18), **kwargs)
 
 
 @register_model
 def blockdrop_resnet34(pretrained: bool = False, **kwargs) -> BlockDropResNet:
     """BlockDrop on timm resnet34 (K = 16), ResNet-10 policy at 112 px."""
-    return _create_blockdrop('blockdrop_resnet34', pretrained, **dict(_imagenet_args(34), **kwargs))
+    return _create_blockdrop('blockdrop_resnet34', pretrained, _imagenet_args(34), **kwargs)
 
 
 @register_model
 def blockdrop_resnet50(pretrained: bool = False, **kwargs) -> BlockDropResNet:
     """BlockDrop on timm resnet50 (K = 16), ResNet-10 policy at 112 px."""
-    return _create_blockdrop('blockdrop_resnet50', pretrained, **dict(_imagenet_args(50), **kwargs))
+    return _create_blockdrop('blockdrop_resnet50', pretrained, _imagenet_args(50), **kwargs)
 
 
 @register_model
 def blockdrop_resnet101(pretrained: bool = False, **kwargs) -> BlockDropResNet:
     """BlockDrop on timm resnet101 (K = 33), ResNet-10 policy at 112 px: the paper's ImageNet model."""
-    return _create_blockdrop('blockdrop_resnet101', pretrained, **dict(_imagenet_args(101), **kwargs))
+    return _create_blockdrop('blockdrop_resnet101', pretrained, _imagenet_args(101), **kwargs)
 
 
 @register_model
 def blockdrop_resnet152(pretrained: bool = False, **kwargs) -> BlockDropResNet:
     """BlockDrop on timm resnet152 (K = 50), ResNet-10 policy at 112 px."""
-    return _create_blockdrop('blockdrop_resnet152', pretrained, **dict(_imagenet_args(152), **kwargs))
+    return _create_blockdrop('blockdrop_resnet152', pretrained, _imagenet_args(152), **kwargs)
 
 
 @register_model
 def blockdrop_cifar_resnet20(pretrained: bool = False, **kwargs) -> BlockDropResNet:
     """BlockDrop on CIFAR ResNet-20 (K = 9), ResNet-8 policy."""
-    return _create_blockdrop('blockdrop_cifar_resnet20', pretrained, **dict(_cifar_args(20), **kwargs))
+    return _create_blockdrop('blockdrop_cifar_resnet20', pretrained, _cifar_args(20), **kwargs)
 
 
 @register_model
 def blockdrop_cifar_resnet32(pretrained: bool = False, **kwargs) -> BlockDropResNet:
     """BlockDrop on CIFAR ResNet-32 (K = 15), ResNet-8 policy: the paper's Table 1 model."""
-    return _create_blockdrop('blockdrop_cifar_resnet32', pretrained, **dict(_cifar_args(32), **kwargs))
+    return _create_blockdrop('blockdrop_cifar_resnet32', pretrained, _cifar_args(32), **kwargs)
 
 
 @register_model
 def blockdrop_cifar_resnet44(pretrained: bool = False, **kwargs) -> BlockDropResNet:
     """BlockDrop on CIFAR ResNet-44 (K = 21), ResNet-8 policy."""
-    return _create_blockdrop('blockdrop_cifar_resnet44', pretrained, **dict(_cifar_args(44), **kwargs))
+    return _create_blockdrop('blockdrop_cifar_resnet44', pretrained, _cifar_args(44), **kwargs)
 
 
 @register_model
 def blockdrop_cifar_resnet56(pretrained: bool = False, **kwargs) -> BlockDropResNet:
     """BlockDrop on CIFAR ResNet-56 (K = 27), ResNet-8 policy."""
-    return _create_blockdrop('blockdrop_cifar_resnet56', pretrained, **dict(_cifar_args(56), **kwargs))
+    return _create_blockdrop('blockdrop_cifar_resnet56', pretrained, _cifar_args(56), **kwargs)
 
 
 @register_model
 def blockdrop_cifar_resnet110(pretrained: bool = False, **kwargs) -> BlockDropResNet:
     """BlockDrop on CIFAR ResNet-110 (K = 54), ResNet-8 policy: the paper's Table 1/3 model."""
-    return _create_blockdrop('blockdrop_cifar_resnet110', pretrained, **dict(_cifar_args(110), **kwargs))
+    return _create_blockdrop('blockdrop_cifar_resnet110', pretrained, _cifar_args(110), **kwargs)
