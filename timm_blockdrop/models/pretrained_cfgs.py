@@ -73,6 +73,8 @@ def release_status(name: str) -> Optional[str]:
 def _cfg(name: str, dataset: str, base: str, **kwargs) -> Dict[str, Any]:
     data = DATASETS[dataset]
     policy = 'ResNet-10 on the image average-pooled to 112 px' if dataset == 'in1k' else 'ResNet-8 at 32 px'
+    if RELEASE_MODEL_ARGS.get(name, {}).get('policy_model') == 'policy_stem_head':
+        policy = "a head on the base's stem features (policy_stem_head)"
     cfg = {
         'url': '', 'hf_hub_id': hub_id(name), 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
         'crop_pct': 0.875, 'interpolation': 'bilinear',
