@@ -21,7 +21,7 @@ from timm.models import save_for_hf
 import timm_blockdrop
 from timm_blockdrop.tools import hub
 from timm_blockdrop.tools.cli import main
-from timm_blockdrop.models.pretrained_cfgs import DATASETS, HUB_ORG, RELEASED_TAGS, hub_id
+from timm_blockdrop.models.pretrained_cfgs import DATASETS, HUB_ORG, RELEASED_TAGS, RELEASE_MODEL_ARGS, hub_id
 
 from conftest import CIFAR10, REPO, RESNET_FILES
 
@@ -65,7 +65,8 @@ def run(tmp_path_factory, shared):
     import matplotlib.pyplot as plt
 
     tmp = tmp_path_factory.mktemp('publish')
-    model = timm_blockdrop.wrap(_cifar_base(32)).eval()
+    # the architecture the tag's weights are released with, so that pretrained=True on the tag can load this repo
+    model = timm_blockdrop.wrap(_cifar_base(32), **RELEASE_MODEL_ARGS.get(TAG, {})).eval()
     ckpt = tmp / 'ckpt'
     save_for_hf(model, ckpt, safe_serialization=True)
     learned = _eval_json(tmp / 'learned.json', '--checkpoint', str(ckpt))
