@@ -110,7 +110,8 @@ def test_every_shipped_config_loads():
                                                  'imagenet_resnet101') for s in ('cl', 'ft')]
                            + ['cifar10_resnet32_cl_cpu', 'cifar10_resnet32_ft_cpu']  # the first release's recipe
                            + ['cifar10_resnet32_budget7_robust_ft', 'cifar10_resnet32_budget7_cl',
-                              'cifar10_resnet32_budget7_ft'])  # the budgeted recipe (robust base, policy, joint)
+                              'cifar10_resnet32_budget7_ft',  # the budgeted recipe (robust base, policy, joint)
+                              'cifar10_resnet32_budget7_stem_cl'])  # and its policy on the stem
     for name in names:
         config = load_config(CONFIGS / f'{name}.yaml')
         assert config.stage == {'cl': 'curriculum', 'ft': 'finetune'}[name.removesuffix('_cpu').rsplit('_', 1)[1]]

@@ -65,14 +65,23 @@ def test_release_reproduces_its_card(tmp_path, shared, name):
 
 
 @pytest.mark.parametrize('name', RELEASED)
-def test_the_tag_builds_the_released_architecture(name):
-    """timm builds a tag from its entry: with the release's weights file, pretrained=True on the tag gives the model of
-    the folder (policy network, its input size), not the entry's default policy with these weights."""
+def test_the_tag_builds_the_released_architecture(name, tmp_path, monkeypatch):
+    """timm builds a tag from its entry: once the folder is the tag's Hub repo, pretrained=True on the tag gives the
+    model of the folder (policy network, its input size), not the entry's default policy with these weights."""
+    import hashlib
+    import shutil
+    import huggingface_hub
     import torch
+    from timm_blockdrop.models.pretrained_cfgs import hub_id
     folder = RELEASE / name
+    repo = tmp_path / f"models--{hub_id(name).replace('/', '--')}"  # the Hub cache as a download leaves it
+    revision = hashlib.sha1(name.encode()).hexdigest()
+    (repo / 'refs').mkdir(parents=True)
+    (repo / 'refs' / 'main').write_text(revision)
+    shutil.copytree(folder, repo / 'snapshots' / revision)
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_CACHE', str(tmp_path))
     args = json.loads((folder / 'config.json').read_text())['model_args']
-    by_tag = timm.create_model(name, pretrained=True,
-                               pretrained_cfg_overlay=dict(file=str(folder / 'model.safetensors'))).eval()
+    by_tag = timm.create_model(name, pretrained=True).eval()
     for key in ('base_model', 'policy_model', 'policy_img_size', 'num_blocks'):
         assert by_tag._model_args[key] == args[key], key
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))

@@ -451,10 +451,13 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: BlockDropRe
 
 def _create_blockdrop(variant: str, pretrained: bool = False, defaults: Optional[Dict[str, Any]] = None,
                       **kwargs) -> BlockDropResNet:
-    """The entry's ``defaults``, then the args a pretrained tag's weights were released with, then the caller's."""
+    """The entry's ``defaults``, then the args a pretrained tag's weights were released with (when they are what
+    loads: not a local-dir:/hf-hub: config, which brings its own args, nor a weight file of the caller's), then the
+    caller's."""
     cfg = kwargs.get('pretrained_cfg')
     release = {}
-    if pretrained and not isinstance(cfg, dict):  # a tag of this entry (a local-dir:/hf-hub: config brings its args)
+    own_file = (kwargs.get('pretrained_cfg_overlay') or {}).get('file')
+    if pretrained and not isinstance(cfg, dict) and not own_file:
         tag = resolve_pretrained_cfg(variant, cfg, kwargs.get('pretrained_cfg_overlay')).tag
         release = RELEASE_MODEL_ARGS.get(f'{variant}.{tag}', {})
     kwargs = {**(defaults or {}), **release, **kwargs}
