@@ -68,9 +68,11 @@ def _create_policy(policy_model: str, num_blocks: int, in_chans: int, base: nn.M
     if not isinstance(policy_model, str) or not is_model(policy_model):
         raise ValueError(f'unknown policy model {policy_model!r}: not a registered timm model (use policy_resnet8, '
                          f'policy_resnet10 or policy_stem_head, or another ResNet-class timm model)')
-    policy = timm.create_model(policy_model, num_classes=num_blocks, in_chans=in_chans)
-    if reads_stem(policy):
-        return timm.create_model(policy_model, num_classes=num_blocks, in_chans=_stem_width(base))
+    on_stem = policy_model in STEM_POLICIES
+    policy = timm.create_model(policy_model, num_classes=num_blocks,
+                               in_chans=_stem_width(base) if on_stem else in_chans)
+    if on_stem:
+        return policy
     # the policy runs as a ResNet (stem, residual stages, head), in the model and in its fused copy
     if not isinstance(policy, SUPPORTED_BASES) or not residual_stages(policy):
         raise UnsupportedModelError(
@@ -158,7 +160,6 @@ class BlockDropResNet(nn.Module):
                              f'{self.num_blocks} residual blocks')
         self.in_chans = in_chans
         self.policy = _create_policy(policy_model, self.num_blocks, in_chans, self.base)
-        self.policy_reads_stem = reads_stem(self.policy)
         if self.policy_reads_stem and policy_img_size is not None:
             raise ValueError(f"policy_img_size={policy_img_size} resizes the image for an image policy, but "
                              f"'{policy_model}' reads the base's stem features: leave policy_img_size None")
@@ -181,6 +182,11 @@ class BlockDropResNet(nn.Module):
             if sum(self.stage_sizes) == 0:
                 raise UnsupportedModelError(f'{type(self.base).__name__} has no residual blocks to gate')
             self._num_blocks = sum(self.stage_sizes)
+
+    @property
+    def policy_reads_stem(self) -> bool:
+        """Whether the policy network reads the base's stem output (``policy_stem_head``) rather than the image."""
+        return reads_stem(self.policy)
 
     @property
     def num_blocks(self) -> int:

@@ -303,8 +303,8 @@ class FusedBlockDrop(nn.Module):
         self.model.check_input(x)
         x = x.contiguous(memory_format=torch.channels_last)  # once, for both passes
         stem = self.forward_stem(x) if self.policy_reads_stem else None
-        greedy_keep = greedy(self._probs(x, stem), self.threshold)
-        keep = greedy_keep if keep is None else self.check_keep(keep, x.shape[0])
+        probs = self._probs(x, stem)  # (run even when ``keep`` replaces its decisions: its time counts)
+        keep = greedy(probs, self.threshold) if keep is None else self.check_keep(keep, x.shape[0])
         return self._routed(x, self.forward_stem(x) if stem is None else stem, keep), keep
 
     def forward_full(self, x: torch.Tensor) -> torch.Tensor:
