@@ -54,37 +54,31 @@ def train_settings(precisions: Sequence[str], layouts: Sequence[str]) -> List[Tu
 
 def measure_train_throughput(
         model_name_or_model: Union[str, nn.Module],
-        batch_size: int = 128,
-        steps: int = 5,
-        warmup: int = 2,
-        rounds: int = 3,
-        device: str = 'cpu',
-        pretrained_file: Optional[str] = None,
-        gamma: float = 5.0,
-        seed: int = 0,
-        finetune_mode: str = 'masked',
+        *,
         precision: str = 'fp32',
         channels_last: bool = False,
+        **kwargs,
 ) -> Dict[str, float]:
     """Images/s of a plain, a curriculum and a finetune training step of the same model, side by side.
 
     Args:
         model_name_or_model: a timm name (a base ResNet such as ``cifar_resnet32``, wrapped with a fresh policy,
             or a ``blockdrop_*`` model) or a model.
-        batch_size: images per step.
-        steps: timed steps per round and kind; ``warmup`` untimed steps per kind before the first round.
-        rounds: interleaved rounds; each kind reports its median round.
-        finetune_mode: how the finetune step runs the blocks: 'masked' (the reference, and the recipes'
-            default) or 'routed' (only the rows that keep a block run it; BatchNorm then sees only those rows).
         precision: 'fp32' or 'bf16' (autocast around forward and loss).
         channels_last: models and images in ``torch.channels_last`` (layout 'channels_last', else 'nchw').
+        kwargs: the other arguments of ``measure_train_settings``, by keyword, among them:
+            batch_size: images per step.
+            steps: timed steps per round and kind; ``warmup`` untimed steps per kind before the first round.
+            rounds: interleaved rounds; each kind reports its median round.
+            finetune_mode: how the finetune step runs the blocks: 'masked' (the reference, and the recipes'
+                default) or 'routed' (only the rows that keep a block run it; BatchNorm then sees only those
+                rows).
     Returns:
         dict(model, batch_size, device, num_blocks, threads, steps, rounds, finetune_mode, precision, layout,
         plain_ips, curriculum_ips, finetune_ips, curriculum_ratio, finetune_ratio), the ratios relative to plain_ips.
     """
     layout = LAYOUTS[1] if channels_last else LAYOUTS[0]
-    return measure_train_settings(model_name_or_model, [(precision, layout)], batch_size, steps, warmup, rounds,
-                                  device, pretrained_file, gamma, seed, finetune_mode)[0]
+    return measure_train_settings(model_name_or_model, [(precision, layout)], **kwargs)[0]
 
 
 def measure_train_settings(
