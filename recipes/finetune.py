@@ -37,7 +37,8 @@ def eval_policy(model, config):
         return lambda images: greedy(model.policy_probs(images), model.threshold)
     generator = torch.Generator().manual_seed(config.seed)
     return lambda images: heuristic_policy(config.fixed_policy, images.shape[0], model.num_blocks,
-                                           config.fixed_blocks, model.stage_sizes, generator).to(images.device)
+                                           config.fixed_blocks, model.stage_sizes, generator,
+                                           k_max=config.fixed_blocks_max).to(images.device)
 
 
 def training_function(config, args):
@@ -56,7 +57,8 @@ def training_function(config, args):
     # With budget_blocks the reward pays a price per block that dual ascent raises until the greedy policy keeps
     # that many blocks (beyond the paper: train/budget.py); the price is saved and resumed with the run
     budget = block_budget(config, model.num_blocks, accelerator)
-    rollout = FinetuneRollout(model, config.exec_mode, teacher, config.fixed_policy, config.fixed_blocks)
+    rollout = FinetuneRollout(model, config.exec_mode, teacher, config.fixed_policy, config.fixed_blocks,
+                              config.fixed_blocks_max)
 
     # Policy network (at policy_lr) and ResNet (at lr) learn together
     optimizer = torch.optim.Adam(finetune_param_groups(model, config), lr=config.lr, weight_decay=config.weight_decay)

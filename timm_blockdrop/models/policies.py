@@ -91,24 +91,33 @@ def firstk(batch: int, num_blocks: int, k: int, **_) -> torch.Tensor:
 
 def randomk(
         batch: int, num_blocks: int, k: int, generator: Optional[torch.Generator] = None,
-        seeds: Optional[Union[torch.Tensor, Sequence[int]]] = None, **_,
+        seeds: Optional[Union[torch.Tensor, Sequence[int]]] = None, k_max: Optional[int] = None, **_,
 ) -> torch.Tensor:
     """RandomK: keep k blocks chosen uniformly at random, independently for each image.
 
     The draw is from ``generator`` for the whole batch, or, given one ``seeds`` entry per row, from each row's
-    own ``row_uniforms`` (training: the same blocks for a sample whatever the batching).
+    own ``row_uniforms`` (training: the same blocks for a sample whatever the batching). With ``k_max`` each
+    row first draws its own k uniformly from [k, k_max] (a base robust at several depths; not in the paper).
     """
     k = _check_k(k, num_blocks)
+    if k_max is not None:
+        k_max = _check_k(k_max, num_blocks)
+        if k_max < k:
+            raise ValueError(f'the largest k ({k_max}) must not be below the smallest ({k})')
+    extra = 0 if k_max is None else 1  # one more uniform per row draws its k
     if seeds is not None:
         if len(seeds) != batch:
             raise ValueError(f'randomk needs one seed per row: {batch} rows, {len(seeds)} seeds')
-        uniforms = row_uniforms(seeds, num_blocks)
+        uniforms = row_uniforms(seeds, num_blocks + extra)
     else:
-        uniforms = torch.rand(batch, num_blocks, generator=generator)
-    order = uniforms.argsort(dim=1)
-    keep = torch.zeros(batch, num_blocks)
-    keep.scatter_(1, order[:, :k], 1.0)
-    return keep
+        uniforms = torch.rand(batch, num_blocks + extra, generator=generator)
+    order = uniforms[:, :num_blocks].argsort(dim=1)
+    if k_max is None:
+        ks = torch.full((batch, 1), k)
+    else:
+        ks = k + (uniforms[:, num_blocks:] * (k_max - k + 1)).long().clamp(max=k_max - k)
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(num_blocks).expand(batch, -1).contiguous())
+    return (rank < ks).float()
 
 
 def distributek(batch: int, num_blocks: int, k: int, stage_sizes: Sequence[int] = (), **_) -> torch.Tensor:
@@ -150,11 +159,17 @@ def heuristic_policy(
         stage_sizes: Sequence[int] = (),
         generator: Optional[torch.Generator] = None,
         seeds: Optional[Union[torch.Tensor, Sequence[int]]] = None,
+        k_max: Optional[int] = None,
 ) -> torch.Tensor:
     """The (batch, K) keep tensor of a heuristic policy by name: full, firstk, randomk or distributek.
 
-    ``seeds`` (one per row) make RandomK per sample (``randomk``); the other policies do not draw.
+    ``seeds`` (one per row) make RandomK per sample (``randomk``); the other policies do not draw. ``k_max``
+    (RandomK only) draws each row's k from [k, k_max].
     """
     if name not in HEURISTICS:
         raise ValueError(f"unknown policy '{name}': choose one of learned, {', '.join(HEURISTICS)}")
-    return HEURISTICS[name](batch, num_blocks, k=k, stage_sizes=stage_sizes, generator=generator, seeds=seeds)
+    if k_max is not None and name != 'randomk':
+        raise ValueError(f"a range of k (up to {k_max}) is for policy 'randomk', not '{name}'")
+    extra = {} if k_max is None else {'k_max': k_max}
+    return HEURISTICS[name](batch, num_blocks, k=k, stage_sizes=stage_sizes, generator=generator, seeds=seeds,
+                            **extra)

@@ -76,6 +76,8 @@ class TrainConfig:
     exec_mode: str = 'masked'               # finetune: sampled pass masked (as the reference) or routed
     fixed_policy: Optional[str] = None      # finetune: firstk | randomk | distributek: train the ResNet under this
     fixed_blocks: Optional[int] = None      # heuristic with k = fixed_blocks (Table 1 baselines, ft), no policy net
+    fixed_blocks_max: Optional[int] = None  # randomk only: each image's k drawn from [fixed_blocks, fixed_blocks_max]
+                                            # by its sample seed (a base robust at several depths; not in the paper)
     distill_weight: float = 0.0             # finetune: + w T^2 KL(full ResNet || ResNet under u) at temperature T
     distill_temperature: float = 4.0        # (the teacher: the ResNet as finetuning starts, all blocks, frozen)
     teacher_model: Optional[str] = None     # finetune: the teacher instead, a timm name (e.g. cifar_resnet56) ...
@@ -223,7 +225,13 @@ def _check(c: TrainConfig) -> TrainConfig:
             (c.fixed_policy is not None and (c.fixed_blocks is None or c.fixed_blocks < 0),
              f"config key 'fixed_policy' ({c.fixed_policy}) needs 'fixed_blocks' (k >= 0), got {c.fixed_blocks}"),
             (c.fixed_policy is None and c.fixed_blocks is not None,
-             "config key 'fixed_blocks' is the k of 'fixed_policy', which is not set")):
+             "config key 'fixed_blocks' is the k of 'fixed_policy', which is not set"),
+            (c.fixed_blocks_max is not None and c.fixed_policy != 'randomk',
+             f"config key 'fixed_blocks_max' draws each image's k for fixed_policy 'randomk', but fixed_policy is "
+             f"{c.fixed_policy!r}: set fixed_policy: randomk or drop fixed_blocks_max"),
+            (c.fixed_blocks_max is not None and c.fixed_blocks is not None and c.fixed_blocks_max < c.fixed_blocks,
+             f"config key 'fixed_blocks_max' ({c.fixed_blocks_max}) must not be below 'fixed_blocks' "
+             f"({c.fixed_blocks}): each image's k is drawn from [fixed_blocks, fixed_blocks_max]")):
         if bad:
             raise ValueError(message)
     c.per_device_batch_size(1)  # batch_size divisible by the accumulation steps

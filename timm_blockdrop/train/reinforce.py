@@ -175,14 +175,15 @@ class FinetuneRollout(nn.Module):
     """
 
     def __init__(self, model: nn.Module, mode: str = 'masked', teacher: Optional[nn.Module] = None,
-                 fixed_policy: Optional[str] = None, fixed_blocks: Optional[int] = None):
+                 fixed_policy: Optional[str] = None, fixed_blocks: Optional[int] = None,
+                 fixed_blocks_max: Optional[int] = None):
         super().__init__()
         if mode not in ('masked', 'routed'):
             raise ValueError(f"mode must be 'masked' or 'routed', got {mode!r}")
         if fixed_policy is not None:  # validates the name and k
-            heuristic_policy(fixed_policy, 1, model.num_blocks, fixed_blocks, model.stage_sizes)
+            heuristic_policy(fixed_policy, 1, model.num_blocks, fixed_blocks, model.stage_sizes, k_max=fixed_blocks_max)
         self.model, self.mode, self.teacher = model, mode, teacher
-        self.fixed_policy, self.fixed_blocks = fixed_policy, fixed_blocks
+        self.fixed_policy, self.fixed_blocks, self.fixed_blocks_max = fixed_policy, fixed_blocks, fixed_blocks_max
         model.requires_grad_(True)
         if fixed_policy is not None:
             model.policy.requires_grad_(False)  # unused: the heuristic decides
@@ -202,7 +203,7 @@ class FinetuneRollout(nn.Module):
             probs, keep, keep_greedy = _sampled_and_greedy(model, images, seeds)
         else:
             keep = fixed_keep(self.fixed_policy, seeds, model.num_blocks, self.fixed_blocks,
-                              model.stage_sizes).to(images.device)
+                              model.stage_sizes, self.fixed_blocks_max).to(images.device)
             probs = keep_greedy = keep
         h = model.forward_stem(images)
         logits = model.forward_head(model.forward_blocks(h, keep, mode=self.mode))
@@ -215,10 +216,12 @@ class FinetuneRollout(nn.Module):
         return out
 
 
-def fixed_keep(name: str, seeds: torch.Tensor, num_blocks: int, k: int, stage_sizes: Sequence[int]) -> torch.Tensor:
+def fixed_keep(name: str, seeds: torch.Tensor, num_blocks: int, k: int, stage_sizes: Sequence[int],
+               k_max: Optional[int] = None) -> torch.Tensor:
     """(B, K) keep of a heuristic policy (firstk, randomk, distributek) for rows with these sample seeds.
 
-    RandomK draws each row's k blocks from the row's own uniforms (``policies.randomk`` with ``seeds``), so a sample gets the same
-    blocks in any batch, on any number of processes and after a resume.
+    RandomK draws each row's k blocks (and, with ``k_max``, its k in [k, k_max]) from the row's own uniforms
+    (``policies.randomk`` with ``seeds``), so a sample gets the same blocks in any batch, on any number of
+    processes and after a resume.
     """
-    return heuristic_policy(name, len(seeds), num_blocks, k, stage_sizes, seeds=seeds)
+    return heuristic_policy(name, len(seeds), num_blocks, k, stage_sizes, seeds=seeds, k_max=k_max)
