@@ -64,6 +64,27 @@ def test_one_randomk_per_sample_seeds_as_training_draws_them():
         policies.randomk(3, 15, 5, seeds=[1, 2])
 
 
+def test_randomk_with_a_range_draws_each_images_k_from_its_seed():
+    """RandomK with k_max (a base robust at several depths): every k in [k, k_max] occurs, about equally often,
+    each row's k and blocks depend on its seed alone, and without k_max the draw is the released runs' draw."""
+    seeds = torch.arange(4000)
+    keep = policies.heuristic_policy('randomk', 4000, 15, 4, seeds=seeds, k_max=10)
+    counts = torch.bincount(keep.sum(1).long(), minlength=16)
+    assert counts[:4].sum() == 0 and counts[11:].sum() == 0
+    assert counts[4:11].min() > 4000 / 7 * 0.8 and counts[4:11].max() < 4000 / 7 * 1.2
+    assert torch.equal(policies.randomk(3, 15, 4, seeds=[9, 3, 1000], k_max=10), keep[[9, 3, 1000]])
+    assert torch.equal(policies.randomk(4, 15, 5, seeds=[7, 11, 13, 2 ** 40 + 3], k_max=5).sum(1), torch.full((4,), 5.))
+    assert len({tuple(r.tolist()) for r in keep[:50]}) == 50
+    g = policies.randomk(2000, 15, 2, generator=torch.Generator().manual_seed(0), k_max=3).sum(1)
+    assert set(g.tolist()) == {2.0, 3.0}
+    with pytest.raises(ValueError, match=r'the largest k \(3\) must not be below the smallest \(5\)'):
+        policies.randomk(2, 15, 5, k_max=3)
+    with pytest.raises(ValueError, match=r'k must lie in \[0, K\] = \[0, 15\], got 16'):
+        policies.randomk(2, 15, 5, k_max=16)
+    with pytest.raises(ValueError, match="a range of k .* is for policy 'randomk', not 'distributek'"):
+        policies.heuristic_policy('distributek', 2, 15, 5, stage_sizes=(5, 5, 5), k_max=7)
+
+
 @pytest.mark.parametrize('k', [-1, 16])
 def test_k_outside_range(k):
     with pytest.raises(ValueError, match=r'k must lie in \[0, K\] = \[0, 15\]'):

@@ -111,7 +111,8 @@ def test_every_shipped_config_loads():
                            + ['cifar10_resnet32_cl_cpu', 'cifar10_resnet32_ft_cpu']  # the first release's recipe
                            + ['cifar10_resnet32_budget7_robust_ft', 'cifar10_resnet32_budget7_cl',
                               'cifar10_resnet32_budget7_ft',  # the budgeted recipe (robust base, policy, joint)
-                              'cifar10_resnet32_budget7_stem_cl'])  # and its policy on the stem
+                              'cifar10_resnet32_budget7_stem_cl',  # and its policy on the stem
+                              'cifar10_resnet32_robust_range_ft'])  # a base robust at 4-10 blocks
     for name in names:
         config = load_config(CONFIGS / f'{name}.yaml')
         assert config.stage == {'cl': 'curriculum', 'ft': 'finetune'}[name.removesuffix('_cpu').rsplit('_', 1)[1]]
@@ -495,6 +496,13 @@ def test_fixed_policy_finetune_run(cl_run, tmp_path):
         load_config(FT_CONFIG, {'fixed_policy': 'lastk', 'fixed_blocks': 7})
     with pytest.raises(ValueError, match="'fixed_policy' is for stage finetune"):
         load_config(CL_CONFIG, {'fixed_policy': 'firstk', 'fixed_blocks': 7})
+    assert load_config(FT_CONFIG, {'fixed_policy': 'randomk', 'fixed_blocks': 4,
+                                   'fixed_blocks_max': 10}).fixed_blocks_max == 10
+    with pytest.raises(ValueError, match="'fixed_blocks_max' draws each image's k for fixed_policy 'randomk', but "
+                                         "fixed_policy is 'distributek'"):
+        load_config(FT_CONFIG, {'fixed_policy': 'distributek', 'fixed_blocks': 4, 'fixed_blocks_max': 10})
+    with pytest.raises(ValueError, match=r"'fixed_blocks_max' \(3\) must not be below 'fixed_blocks' \(4\)"):
+        load_config(FT_CONFIG, {'fixed_policy': 'randomk', 'fixed_blocks': 4, 'fixed_blocks_max': 3})
 
 
 def test_policy_init_from_base_copies_matching_layers():

@@ -257,3 +257,9 @@ def test_fixed_keep_and_fixed_policy_rollout(cifar_test_slice):
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.base.parameters())
     with pytest.raises(ValueError):
         FinetuneRollout(model, fixed_policy='firstk', fixed_blocks=10)  # k > K
+    ranged = FinetuneRollout(model, fixed_policy='randomk', fixed_blocks=2, fixed_blocks_max=7).train()
+    out = ranged(images, torch.arange(16))
+    assert torch.equal(out['keep'], fixed_keep('randomk', torch.arange(16), 9, 2, (3, 3, 3), k_max=7))
+    assert len(set(out['keep'].sum(1).tolist())) > 2 and out['keep'].sum(1).min() >= 2
+    with pytest.raises(ValueError, match='got 10'):
+        FinetuneRollout(model, fixed_policy='randomk', fixed_blocks=2, fixed_blocks_max=10)  # k_max > K
