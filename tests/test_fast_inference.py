@@ -292,3 +292,38 @@ def test_fused_copy_copies_and_pickles(tmp_path):
     loaded = torch.load(tmp_path / 'm.pt', weights_only=False)
     with torch.no_grad():
         assert torch.equal(c(x), ref) and torch.equal(loaded(x), ref)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float16, torch.bfloat16])
+def test_nonfinite_rows_exact_in_every_float_dtype(dtype):
+    """The cheap row check (x * 0 summed per row) finds NaN, +Inf and -Inf rows and nothing else: not rows of
+    large finite values whose plain sum overflows (fp16's range ends at 65504), nor rows of mixed signs."""
+    from timm_blockdrop.models.routing import nonfinite_rows
+    big = torch.finfo(dtype).max
+    x = torch.zeros(6, 3, 8, 8, dtype=dtype)
+    x[0] = big
+    x[1, 0] = big
+    x[1, 1] = -big
+    x[2, 1, 3, 3] = float('nan')
+    x[3, 2, 7, 0] = float('inf')
+    x[4, 0, 0, 1] = -float('inf')
+    assert nonfinite_rows(x).tolist() == [False, False, True, True, True, False]
+    assert nonfinite_rows(x.contiguous(memory_format=torch.channels_last)).tolist() == \
+        [False, False, True, True, True, False]
+
+
+def test_one_image_routing_plan_is_the_general_plan():
+    from timm_blockdrop.models.routing import Routing
+    keep = torch.tensor([[1, 0, 0, 1, 1]])
+    assert Routing(keep).plan == ['all', 'none', 'none', 'all', 'all']
+    two = Routing(torch.cat([keep, keep]))
+    assert Routing(keep.float()).plan == two.plan == Routing(keep.bool()).plan
+
+
+def test_fused_head_is_the_models_head(r32, cifar_test_slice):
+    """The fused copy's average pool + linear (one mean, one addmm) gives the model's own head's logits."""
+    fused = copy.deepcopy(r32).eval().fuse()
+    h = torch.randn(5, 64, 8, 8).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert torch.allclose(fused.forward_head(h), r32.forward_head(h), rtol=1e-5, atol=1e-5)
+    assert type(fused._base.head).__name__ == '_AvgLinearHead'
