@@ -70,15 +70,14 @@ def test_fused_forward_matches_the_model_and_shares_the_stem(model):
         logits, used = fused.forward_and_policy(x, other)
         torch.testing.assert_close(logits, model.forward_with_policy(x, other), rtol=1e-4, atol=1e-4)
     assert torch.equal(used, other)
-    calls = []
-    handle = fused.model.policy.register_forward_hook(lambda *a: calls.append(1))
-    stem_calls = []
-    stem = fused._base.features_in
+    calls, stem_calls = [], []
+    head, stem = fused._stem_head, fused._base.features_in
+    fused._stem_head = lambda t: calls.append(1) or head(t)
     fused._base.features_in = lambda t: stem_calls.append(1) or stem(t)
     try:
         fused(x)
     finally:
-        handle.remove()
+        fused._stem_head = head
         del fused._base.features_in
     assert (len(calls), len(stem_calls)) == (1, 1)  # one stem for both the policy and the blocks
 
@@ -116,3 +115,15 @@ def test_an_imagenet_base_takes_it():
         torch.testing.assert_close(m.fuse()(x), m(x), rtol=1e-4, atol=1e-4)
     share = (m.flops(torch.ones(1, m.num_blocks)) / m.flops(torch.ones(1, m.num_blocks), include_policy=False) - 1)
     assert 0 < share.item() < 0.001
+
+
+def test_fused_head_kernels_are_the_head(model):
+    """The fused copy runs the stem head as one mean and two addmm on the channels_last stem output, fc1's columns
+    reordered; the same logits as the module, and the module's adaptive pooling where the windows are uneven."""
+    fused = model.fuse()
+    kernels = fused._stem_head
+    assert type(kernels).__name__ == '_StemHeadKernels'
+    for size in (32, 8, 30):  # 30: 4 uneven windows, the module's own pooling
+        stem = torch.randn(3, 16, size, size).contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            torch.testing.assert_close(kernels(stem), model.policy(stem), rtol=1e-5, atol=1e-5)

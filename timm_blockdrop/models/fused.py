@@ -31,7 +31,7 @@ from timm.models.resnet import BasicBlock, Bottleneck
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from .policies import greedy
-from .policy_net import keep_probabilities
+from .policy_net import StemPolicyHead, keep_probabilities
 from .routing import BlockKernels, Routing, keep_nonfinite, nonfinite_rows, residual_stages, run_blocks
 
 __all__ = ['FusedBlockDrop', 'FusedConv', 'FusedBlock', 'fusion_available', 'tune_cpu_allocator']
@@ -217,6 +217,30 @@ class _AvgLinearHead:
         return torch.addmm(self.bias, x.mean((2, 3)), self.weight_t)
 
 
+class _StemHeadKernels:
+    """A ``StemPolicyHead`` on a channels_last stem output as one mean over its pooling windows and two addmm:
+    fc1's columns are reordered offline to the (row, column, channel) order of the channels_last pooled grid, so
+    no transpose or flatten copy runs. Half the head's calls at batch 1; the same logits (fp32 rounding apart)."""
+
+    def __init__(self, head: nn.Module):
+        g, hidden = head.grid, head.fc1.out_features
+        self.grid = g
+        w1 = head.fc1.weight.detach().float().view(hidden, head.in_chans, g, g).permute(0, 2, 3, 1)
+        self.w1_t = w1.reshape(hidden, -1).t().contiguous()
+        self.b1 = head.fc1.bias.detach().float().contiguous()
+        self.w2_t = head.fc.weight.detach().float().t().contiguous()
+        self.b2 = head.fc.bias.detach().float().contiguous()
+        self.module = head
+
+    def __call__(self, stem: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = stem.shape
+        g = self.grid
+        if h % g or w % g or not stem.is_contiguous(memory_format=torch.channels_last):
+            return self.module(stem)  # uneven windows: adaptive pooling's own rule
+        pooled = stem.permute(0, 2, 3, 1).reshape(b, g, h // g, g, w // g, c).mean((2, 4)).reshape(b, -1)
+        return torch.addmm(self.b2, torch.addmm(self.b1, pooled, self.w1_t).relu_(), self.w2_t)
+
+
 class _FusedNet:
     """Stem, block kernels and classifier of a (CIFAR or timm) ResNet, fused where possible."""
 
@@ -256,9 +280,11 @@ class FusedBlockDrop(nn.Module):
         self._base = _FusedNet(model.base, model.blocks, fuse)
         policy = model.policy
         self.policy_reads_stem = model.policy_reads_stem
-        # a head on the stem has no convolution to fold: it runs as it is, on the fused stem's output
+        # a head on the stem has no convolution to fold: it reads the fused stem's output
         self._policy = None if self.policy_reads_stem else _FusedNet(
             policy, [b for s in residual_stages(policy) for b in s], fuse)
+        self._stem_head = (_StemHeadKernels(policy) if fuse and isinstance(policy, StemPolicyHead)
+                           else policy if self.policy_reads_stem else None)
         self.eval()
 
     # a frozen copy: the fused kernels were made from the weights as they were
@@ -290,7 +316,7 @@ class FusedBlockDrop(nn.Module):
     def _probs(self, x: torch.Tensor, stem: Optional[torch.Tensor], bad: Optional[torch.Tensor] = None
                ) -> torch.Tensor:
         if self.policy_reads_stem:
-            probs = keep_probabilities(self.model.policy, self.forward_stem(x) if stem is None else stem, None)
+            probs = keep_probabilities(self._stem_head, self.forward_stem(x) if stem is None else stem, None)
         else:
             probs = keep_probabilities(self._policy_logits, x, self.policy_img_size)
         return keep_nonfinite(x, probs, bad)
