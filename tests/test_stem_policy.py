@@ -127,3 +127,24 @@ def test_fused_head_kernels_are_the_head(model):
         stem = torch.randn(3, 16, size, size).contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
             torch.testing.assert_close(kernels(stem), model.policy(stem), rtol=1e-5, atol=1e-5)
+
+
+def test_joint_finetuning_runs_the_stem_once_per_step():
+    """FinetuneRollout hands the stem output it computes for the blocks to a policy on the stem: one stem forward
+    per step, so its BatchNorm statistics move once per step (as for any other policy), and the policy's
+    probabilities are those of policy_probs."""
+    from timm_blockdrop.train.reinforce import FinetuneRollout
+    torch.manual_seed(0)
+    m = wrap(timm.create_model('cifar_resnet20'), policy_model='policy_stem_head')
+    rollout = FinetuneRollout(m, 'routed').train()
+    before = int(m.base.bn1.num_batches_tracked)
+    x = torch.randn(8, 3, 32, 32)
+    out = rollout(x, torch.arange(8))
+    assert int(m.base.bn1.num_batches_tracked) == before + 1
+    m.eval()
+    with torch.no_grad():
+        want = m.policy_probs(x)
+        rollout.eval()
+        got = rollout(x, torch.arange(8))['probs']
+    torch.testing.assert_close(got, m.alpha * want + (1 - m.alpha) * (1 - want))
+    assert out['logits'].requires_grad

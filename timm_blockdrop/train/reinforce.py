@@ -26,6 +26,7 @@ from torch import nn
 from .curriculum import force_prefix
 from ..models.routing import paired_logits
 from ..models.policies import bounded, greedy, heuristic_policy, row_uniforms
+from ..models.policy_net import keep_probabilities
 from .reward import advantage, reward
 
 __all__ = [
@@ -108,9 +109,16 @@ def distill_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature
     return F.kl_div(log_p, log_q, reduction='batchmean', log_target=True) * t * t
 
 
-def _sampled_and_greedy(model, images: torch.Tensor, seeds: torch.Tensor):
-    """s' = bounded(s) (float32, with gradient), u ~ Bernoulli(s') from the rows' seeds, and u~ = greedy(s)."""
-    probs = model.policy_probs(images).float()
+def _sampled_and_greedy(model, images: torch.Tensor, seeds: torch.Tensor, stem: Optional[torch.Tensor] = None):
+    """s' = bounded(s) (float32, with gradient), u ~ Bernoulli(s') from the rows' seeds, and u~ = greedy(s).
+
+    ``stem``: the base's stem output, computed already, for a policy that reads it (not run a second time: in
+    train mode that would update the stem's BatchNorm statistics twice per step).
+    """
+    if stem is not None and model.policy_reads_stem:
+        probs = keep_probabilities(model.policy, stem, None).float()
+    else:
+        probs = model.policy_probs(images).float()
     with torch.no_grad():
         keep = sample_with(bounded(probs, model.alpha), row_uniforms(seeds, model.num_blocks))
         keep_greedy = greedy(probs.detach(), model.threshold)
@@ -199,13 +207,13 @@ class FinetuneRollout(nn.Module):
 
     def forward(self, images: torch.Tensor, seeds: torch.Tensor) -> Dict[str, torch.Tensor]:
         model = self.model
+        h = model.forward_stem(images)  # once: a policy on the stem reads it too
         if self.fixed_policy is None:
-            probs, keep, keep_greedy = _sampled_and_greedy(model, images, seeds)
+            probs, keep, keep_greedy = _sampled_and_greedy(model, images, seeds, stem=h)
         else:
             keep = fixed_keep(self.fixed_policy, seeds, model.num_blocks, self.fixed_blocks,
                               model.stage_sizes, self.fixed_blocks_max).to(images.device)
             probs = keep_greedy = keep
-        h = model.forward_stem(images)
         logits = model.forward_head(model.forward_blocks(h, keep, mode=self.mode))
         with torch.no_grad():
             logits_greedy = logits.detach() if keep_greedy is keep else model.forward_head(
