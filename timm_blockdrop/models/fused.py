@@ -210,8 +210,8 @@ class _AvgLinearHead:
     @staticmethod
     def applies(net: nn.Module) -> bool:
         pool, fc = getattr(net, 'global_pool', None), getattr(net, 'fc', None)
-        return (isinstance(pool, SelectAdaptivePool2d) and pool.pool_type == 'avg' and isinstance(pool.flatten, nn.Flatten)
-                and isinstance(fc, nn.Linear))
+        return (isinstance(pool, SelectAdaptivePool2d) and pool.pool_type == 'avg'
+                and isinstance(pool.flatten, nn.Flatten) and isinstance(fc, nn.Linear))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return torch.addmm(self.bias, x.mean((2, 3)), self.weight_t)
