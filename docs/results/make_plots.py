@@ -260,32 +260,36 @@ def plot_training_curves(root, out):
 
 
 def plot_robust_base(root, out):
-    """Issue 11 item 2: DistributeK-K and RandomK-K of the ResNet-32 before and after the robust-base stage (RB7)."""
+    """Issue 11 item 2: DistributeK-K and RandomK-K of the ResNet-32 before and after the robust-base stages: RB7
+    (exactly 7 blocks) and RR (each image 4-10 blocks, from RB7)."""
     folder = root / 'eval' / 'robust_base'
     if not folder.is_dir():
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
+    stages = (('before', 'shared weights', dict(ls='--', marker='o')), ('after', 'RB7', dict(ls='-', marker='s')),
+              ('range', 'RR', dict(ls=':', marker='^')))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
     for ax, split, title in zip(axes, ('val', 'test'), ('val (last 5,000 training images)', 'test (10,000)')):
-        for stage, style in (('before', dict(ls='--', marker='o')), ('after', dict(ls='-', marker='s'))):
+        for stage, name, style in stages:
             for policy, color in (('distributek', 'C0'), ('randomk', 'C1')):
                 pts = []
-                for k in (5, 7, 9):
+                for k in (4, 5, 7, 9, 10):
                     f = folder / f'{stage}_{split}_{policy}{k}.json'
                     if f.is_file():
                         pts.append((k, json.loads(f.read_text())['top1']))
                 if pts:
-                    ax.plot(*zip(*pts), color=color, label=f'{policy}, {stage}', **style)
+                    ax.plot(*zip(*pts), color=color, label=f'{policy}, {name}', **style)
             full = folder / f'{stage}_{split}_full.json'
             if full.is_file():
                 ax.axhline(json.loads(full.read_text())['top1'], color='gray', ls=style['ls'], lw=0.8,
-                           label=f'all 15 blocks, {stage}')
+                           label=f'all 15 blocks, {name}')
         ax.set_title(title, fontsize=9)
         ax.set_xlabel('blocks kept (K of 15)')
-        ax.set_xticks((5, 7, 9))
+        ax.set_xticks((4, 5, 7, 9, 10))
         ax.grid(alpha=0.3)
     axes[0].set_ylabel('top-1 %')
-    axes[1].legend(fontsize=7, loc='lower right')
-    fig.suptitle('ResNet-32 before / after 12 epochs of RandomK-7 hard drops with distillation (run RB7)', fontsize=9)
+    axes[1].legend(fontsize=6, loc='lower right', ncol=2)
+    fig.suptitle('ResNet-32 under hard block drops: shared weights, after RB7 (RandomK-7, 12 epochs), after RR '
+                 '(RandomK with K in 4-10 per image, 16 epochs from RB7)', fontsize=8)
     fig.tight_layout()
     return save(fig, out / 'robust_base.png')
 
