@@ -6,9 +6,10 @@
   a per-image depth choice within that family. ("Stays right" leaves out the lucky right answers of a very shallow
   network.)
 - **Easiness probe.** An image is "easy" if DistributeK-k (k = ``PROBE_K``) gets it right. A logistic regression on
-  what the stem policy sees (the stem output pooled to 4x4) and one on the image pooled to 8x8 are fitted on the
-  first half of the images and scored by ROC AUC on the second half. The full network's max softmax probability (an
-  expensive signal: it runs all K blocks) is the reference. AUC 0.5 is chance.
+  what the stem policy sees (the stem output pooled to 4x4), one on the image pooled to 8x8, and ones on the output
+  of the first and of the second stage (all their blocks run, pooled to 4x4: what a policy deciding later could
+  see) are fitted on the first half of the images and scored by ROC AUC on the second half. The full network's max
+  softmax probability (it runs all K blocks) is the reference. AUC 0.5 is chance.
 
     .venv/bin/python docs/results/eval/per_image_headroom.py WEIGHTS_FILE DATA SPLIT OUT.json [PROBE_K]
 """
@@ -73,13 +74,20 @@ def main(weights, data, split, out, probe_k=6):
     image_column, label_column = find_columns(dataset, None, None, data)
     loader = make_loader(with_transform(dataset, eval_transform(model), image_column, label_column), 500, data=data)
     K = model.num_blocks
-    correct, stems, images, confidence = [], [], [], []
+    correct, stems, images, confidence, stages = [], [], [], [], [[] for _ in model.stage_sizes[:-1]]
     with torch.inference_mode():
         for x, y in loader:
             correct.append(torch.stack([
                 fused.forward_with_policy(x, distributek(len(x), K, k, model.stage_sizes)).argmax(1) == y
                 for k in range(1, K + 1)], 1))
-            stems.append(F.adaptive_avg_pool2d(fused.forward_stem(x), 4).flatten(1))
+            h = fused.forward_stem(x)
+            stems.append(F.adaptive_avg_pool2d(h, 4).flatten(1))
+            start = 0
+            for i, n in enumerate(model.stage_sizes[:-1]):
+                for block in fused.kernels()[start:start + n]:
+                    h = block.full(h)
+                start += n
+                stages[i].append(F.adaptive_avg_pool2d(h, 4).flatten(1))
             images.append(F.adaptive_avg_pool2d(x, 8).flatten(1))
             confidence.append(fused.forward_full(x).softmax(1).amax(1))
     correct = torch.cat(correct)
@@ -87,7 +95,9 @@ def main(weights, data, split, out, probe_k=6):
     half = len(easy) // 2
     probe = dict(k=probe_k, easy_share=100 * float(easy.float().mean()), fit_on=f'first {half}',
                  scored_on=f'last {len(easy) - half}')
-    for name, feats in (('stem_4x4', torch.cat(stems)), ('image_8x8', torch.cat(images))):
+    features = [('stem_4x4', torch.cat(stems)), ('image_8x8', torch.cat(images))] + [
+        (f'stage{i + 1}_4x4', torch.cat(f)) for i, f in enumerate(stages)]
+    for name, feats in features:
         with torch.enable_grad():
             score = fit_logistic(feats[:half].clone(), easy[:half].clone())
         with torch.no_grad():
