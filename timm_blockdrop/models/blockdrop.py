@@ -273,12 +273,13 @@ class BlockDropResNet(nn.Module):
 
     # ---- policy ----
 
-    def policy_probs(self, x: torch.Tensor) -> torch.Tensor:
+    def policy_probs(self, x: torch.Tensor, stem: Optional[torch.Tensor] = None) -> torch.Tensor:
         """s = sigmoid(f_pn(x)), the (B, K) keep probabilities (Eq. 2); f_pn sees the image, or the stem's output
-        for a policy on the stem."""
+        for a policy on the stem (``stem``: that output, when the caller has computed it already; run again in
+        train mode, the stem's BatchNorm statistics would move twice)."""
         x = self.check_input(x)
         if self.policy_reads_stem:
-            return keep_probabilities(self.policy, self.forward_stem(x), None)
+            return keep_probabilities(self.policy, self.forward_stem(x) if stem is None else stem, None)
         return keep_probabilities(self.policy, x, self.policy_img_size)
 
     def default_policy(self, x: torch.Tensor) -> torch.Tensor:

@@ -283,8 +283,9 @@ class FusedBlockDrop(nn.Module):
         # a head on the stem has no convolution to fold: it reads the fused stem's output
         self._policy = None if self.policy_reads_stem else _FusedNet(
             policy, [b for s in residual_stages(policy) for b in s], fuse)
-        self._stem_head = (_StemHeadKernels(policy) if fuse and isinstance(policy, StemPolicyHead)
-                           else policy if self.policy_reads_stem else None)
+        self._stem_head = None
+        if self.policy_reads_stem:
+            self._stem_head = _StemHeadKernels(policy) if fuse and isinstance(policy, StemPolicyHead) else policy
         self.eval()
 
     # a frozen copy: the fused kernels were made from the weights as they were

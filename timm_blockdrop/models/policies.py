@@ -170,6 +170,5 @@ def heuristic_policy(
         raise ValueError(f"unknown policy '{name}': choose one of learned, {', '.join(HEURISTICS)}")
     if k_max is not None and name != 'randomk':
         raise ValueError(f"a range of k (up to {k_max}) is for policy 'randomk', not '{name}'")
-    extra = {} if k_max is None else {'k_max': k_max}
     return HEURISTICS[name](batch, num_blocks, k=k, stage_sizes=stage_sizes, generator=generator, seeds=seeds,
-                            **extra)
+                            k_max=k_max)

@@ -26,7 +26,6 @@ from torch import nn
 from .curriculum import force_prefix
 from ..models.routing import paired_logits
 from ..models.policies import bounded, greedy, heuristic_policy, row_uniforms
-from ..models.policy_net import keep_probabilities
 from .reward import advantage, reward
 
 __all__ = [
@@ -111,14 +110,8 @@ def distill_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature
 
 def _sampled_and_greedy(model, images: torch.Tensor, seeds: torch.Tensor, stem: Optional[torch.Tensor] = None):
     """s' = bounded(s) (float32, with gradient), u ~ Bernoulli(s') from the rows' seeds, and u~ = greedy(s).
-
-    ``stem``: the base's stem output, computed already, for a policy that reads it (not run a second time: in
-    train mode that would update the stem's BatchNorm statistics twice per step).
-    """
-    if stem is not None and model.policy_reads_stem:
-        probs = keep_probabilities(model.policy, stem, None).float()
-    else:
-        probs = model.policy_probs(images).float()
+    ``stem``: the base's stem output, computed already, for a policy that reads it."""
+    probs = model.policy_probs(images, stem=stem).float()
     with torch.no_grad():
         keep = sample_with(bounded(probs, model.alpha), row_uniforms(seeds, model.num_blocks))
         keep_greedy = greedy(probs.detach(), model.threshold)
