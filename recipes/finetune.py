@@ -50,7 +50,7 @@ def training_function(config, args):
 
     # The curriculum's model (policy + ResNet); with distill_weight > 0 the ResNet as finetuning starts (all
     # blocks, frozen) also teaches through its logits
-    if not config.init_from:
+    if not config.init_from and not config.fixed_policy:  # (a fixed policy trains the ResNet alone: no policy)
         accelerator.print('warning: no --init-from: finetuning a fresh policy (the paper starts from the curriculum)')
     model = build_model(config)
     teacher = build_teacher(config, model)

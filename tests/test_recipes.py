@@ -112,7 +112,9 @@ def test_every_shipped_config_loads():
                            + ['cifar10_resnet32_budget7_robust_ft', 'cifar10_resnet32_budget7_cl',
                               'cifar10_resnet32_budget7_ft',  # the budgeted recipe (robust base, policy, joint)
                               'cifar10_resnet32_budget7_stem_cl',  # and its policy on the stem
-                              'cifar10_resnet32_robust_range_ft'])  # a base robust at 4-10 blocks
+                              'cifar10_resnet32_robust_range_ft']  # a base robust at 4-10 blocks
+                           + ['cifar10_resnet56_robust_range_ft', 'cifar10_resnet56_budget13_cl',
+                              'cifar10_resnet56_budget13_ft'])  # the budgeted ResNet-56 recipe
     for name in names:
         config = load_config(CONFIGS / f'{name}.yaml')
         assert config.stage == {'cl': 'curriculum', 'ft': 'finetune'}[name.removesuffix('_cpu').rsplit('_', 1)[1]]
@@ -473,6 +475,21 @@ def test_policy_init_keep_starts_the_policy_near_keep_all(cifar_test_slice):
         load_config(CL_CONFIG, {'policy_init_keep': 1.0})
     with pytest.raises(ValueError, match="'policy_init_keep' is for stage curriculum"):
         load_config(FT_CONFIG, {'policy_init_keep': 0.9})
+
+
+def test_robust_range_stage_runs_from_its_config(tmp_path):
+    """The ResNet-56 robust-base stage as shipped (a fixed RandomK with k in 9-17 per image, from the shared weights,
+    the full ResNet-56 teaching): every image runs 9-17 blocks, depths vary, and with no policy network to train the
+    run does not warn about a fresh policy."""
+    out = tmp_path / 'rr56'
+    log = _recipe('finetune', '--config', CONFIGS / 'cifar10_resnet56_robust_range_ft.yaml', '--output-dir', out,
+                  *RUN_ARGS[:-2], '--epochs', '1', '--set', f'pretrained_file={RESNET_FILES[56]}',
+                  '--set', f'teacher_file={RESNET_FILES[56]}')
+    assert 'fresh policy' not in log
+    record = _lines(out / 'metrics.jsonl')[-1]  # (after epoch 0's evaluation: the config evaluates at start)
+    assert 9 <= record['train_blocks_mean'] <= 17 and 9 <= record['val_blocks_mean'] <= 17
+    assert record['val_blocks_std'] > 1 and record['val_unique_policies'] > 100
+    assert all(s['pg_loss'] == 0 and s['kd_loss'] > 0 for s in _lines(out / 'steps.jsonl'))
 
 
 def test_fixed_policy_finetune_run(cl_run, tmp_path):
