@@ -9,7 +9,8 @@ reports)
     eval/release_*.json                 the released BlockDrop model(s)
     runs/*/metrics.jsonl (+ config.yaml) per-epoch metrics of the training runs
 plus the paper's numbers (constants below, Table 1 and supplementary Table 3 of the paper).
-Writes plots/acc_vs_flops.png, plots/blocks_hist.png, plots/per_class_policy.png, plots/training_curves.png.
+Writes plots/acc_vs_flops.png, plots/blocks_hist.png, plots/per_class_policy.png, plots/training_curves.png,
+plots/robust_base.png and plots/robust_base56.png.
 
     .venv/bin/python docs/results/make_plots.py [--root DIR]    # DIR defaults to docs/results
 """
@@ -259,20 +260,15 @@ def plot_training_curves(root, out):
     return save(fig, out / 'training_curves.png')
 
 
-def plot_robust_base(root, out):
-    """Issue 11 item 2: DistributeK-K and RandomK-K of the ResNet-32 before and after the robust-base stages: RB7
-    (exactly 7 blocks) and RR (each image 4-10 blocks, from RB7)."""
-    folder = root / 'eval' / 'robust_base'
-    if not folder.is_dir():
-        return None
-    stages = (('before', 'shared weights', dict(ls='--', marker='o')), ('after', 'RB7', dict(ls='-', marker='s')),
-              ('range', 'RR', dict(ls=':', marker='^')))
+def _robust_panel(folder, stages, ks, num_blocks, title, path):
+    """DistributeK-K and RandomK-K (val and test) of one ResNet after each robust-base stage: the
+    ``<stage>_<split>_<policy><K>.json`` and ``<stage>_<split>_full.json`` reports of ``robust_base/range.sh``."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
-    for ax, split, title in zip(axes, ('val', 'test'), ('val (last 5,000 training images)', 'test (10,000)')):
+    for ax, split, name_split in zip(axes, ('val', 'test'), ('val (last 5,000 training images)', 'test (10,000)')):
         for stage, name, style in stages:
             for policy, color in (('distributek', 'C0'), ('randomk', 'C1')):
                 pts = []
-                for k in (4, 5, 7, 9, 10):
+                for k in ks:
                     f = folder / f'{stage}_{split}_{policy}{k}.json'
                     if f.is_file():
                         pts.append((k, json.loads(f.read_text())['top1']))
@@ -281,17 +277,32 @@ def plot_robust_base(root, out):
             full = folder / f'{stage}_{split}_full.json'
             if full.is_file():
                 ax.axhline(json.loads(full.read_text())['top1'], color='gray', ls=style['ls'], lw=0.8,
-                           label=f'all 15 blocks, {name}')
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel('blocks kept (K of 15)')
-        ax.set_xticks((4, 5, 7, 9, 10))
+                           label=f'all {num_blocks} blocks, {name}')
+        ax.set_title(name_split, fontsize=9)
+        ax.set_xlabel(f'blocks kept (K of {num_blocks})')
+        ax.set_xticks(ks)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel('top-1 %')
     axes[1].legend(fontsize=6, loc='lower right', ncol=2)
-    fig.suptitle('ResNet-32 under hard block drops: shared weights, after RB7 (RandomK-7, 12 epochs), after RR '
-                 '(RandomK with K in 4-10 per image, 16 epochs from RB7)', fontsize=8)
+    fig.suptitle(title, fontsize=8)
     fig.tight_layout()
-    return save(fig, out / 'robust_base.png')
+    return save(fig, path)
+
+
+def plot_robust_base(root, out):
+    """Issue 11 item 2: DistributeK-K and RandomK-K before and after the robust-base stages. ResNet-32: RB7
+    (exactly 7 blocks) and RR (each image 4-10 blocks, from RB7); ResNet-56: RR56 (each image 9-17 of 27 blocks)."""
+    folder = root / 'eval' / 'robust_base'
+    if not folder.is_dir():
+        return None
+    before = ('shared weights', dict(ls='--', marker='o'))
+    _robust_panel(folder, (('before', *before), ('after', 'RB7', dict(ls='-', marker='s')),
+                           ('range', 'RR', dict(ls=':', marker='^'))), (4, 5, 7, 9, 10), 15,
+                  'ResNet-32 under hard block drops: shared weights, after RB7 (RandomK-7, 12 epochs), after RR '
+                  '(RandomK with K in 4-10 per image, 16 epochs from RB7)', out / 'robust_base.png')
+    return _robust_panel(folder, (('before56', *before), ('range56', 'RR56', dict(ls=':', marker='^'))),
+                         (9, 13, 17), 27, 'ResNet-56 under hard block drops: shared weights, after RR56 (RandomK with '
+                         'K in 9-17 of 27 per image, 16 epochs, distilled)', out / 'robust_base56.png')
 
 
 def save(fig, path):
