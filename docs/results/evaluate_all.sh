@@ -3,7 +3,7 @@
 # 10,000 images), then the plots. Run from the repository root after `make setup`:
 #     bash docs/results/evaluate_all.sh [SECTION...]
 # sections, in this order: bases gamma sweep_cl baselines_noft baselines_ft release sweep plots publish (default: all). `publish` writes the
-# Hub-ready folder release/blockdrop_cifar_resnet20.cifar10 (the ResNet-32 one: docs/results/eval/release32/release.sh) with `blockdrop publish --dry-run` from the
+# Hub-ready folder release/blockdrop_cifar_resnet20.cifar10 (the ResNet-32 one: docs/results/eval/release.sh) with `blockdrop publish --dry-run` from the
 # finetuning runs' final models (docs/results/runs/{FA_g5_plr1e-5,R20_ft_g5}/model), their eval reports and plots.
 # SHARED (default ../shared) is the read-only folder with the data and the base checkpoints.
 set -euo pipefail
@@ -75,7 +75,7 @@ fi
 if want publish; then  # the Hub repo folders, as `blockdrop publish` would upload them (no upload here)
   for r in $RELEASES; do
     IFS=: read -r repo ft cl base <<< "$r"
-    # since issue 11 the ResNet-32 release is run JS7, written by docs/results/eval/release32/release.sh
+    # since issue 11 the ResNet-32 release is run JS7, written by docs/results/eval/release.sh
     [[ $repo == blockdrop_cifar_resnet32.cifar10 ]] && continue
     configs=$(mktemp -d)
     cp $RUNS/$cl/config.yaml $configs/curriculum.yaml

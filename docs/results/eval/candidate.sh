@@ -1,10 +1,10 @@
 #!/bin/bash
 # One candidate of a release (issue 11): val (selection), test with --compare-full (against its own full base) at
 # batch 256 and 1 (first 2,000 images), and how static its learned policy is on val. 2 threads. The reports go to
-# OUT_DIR (default: this folder, the ResNet-32 release's).
-#   bash docs/results/eval/release32/candidate.sh MODEL_FOLDER NAME [OUT_DIR]
+# OUT_DIR (default: release32/, the ResNet-32 release's).
+#   bash docs/results/eval/candidate.sh MODEL_FOLDER NAME [OUT_DIR]
 set -e
-cd "$(dirname "$0")/../../../.."
+cd "$(dirname "$0")/../../.."
 export OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 M=$1; N=$2
 O=${3:-docs/results/eval/release32}
