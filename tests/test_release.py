@@ -112,7 +112,7 @@ def test_release_recipe_configs_are_the_recorded_runs(shared, config, run):
             == {k: v for k, v in recorded.items() if k not in PATHS + UNUSED})
 
 
-# the ResNet-32 release of issue 11 is a chain of runs: each one's recorded config is its committed recipe config with
+# the releases of issue 11 are chains of runs: each one's recorded config is its committed recipe config with
 # the overrides of its recorded command (--epochs, --set ...), paths and bookkeeping aside
 CHAIN = [('cifar10_resnet32_budget7_robust_ft.yaml', 'RB7_robust_randomk7_kd'),
          ('cifar10_resnet32_budget7_cl.yaml', 'PB7_budget7_policy'),
@@ -120,7 +120,10 @@ CHAIN = [('cifar10_resnet32_budget7_robust_ft.yaml', 'RB7_robust_randomk7_kd'),
          ('cifar10_resnet32_budget7_ft.yaml', 'JB7b_budget7_joint_more'),
          ('cifar10_resnet32_budget7_ft.yaml', 'JB7c_budget7_joint_long'),
          ('cifar10_resnet32_budget7_stem_cl.yaml', 'PS7_budget7_stem_policy'),
-         ('cifar10_resnet32_budget7_ft.yaml', 'JS7_budget7_stem_joint')]
+         ('cifar10_resnet32_budget7_ft.yaml', 'JS7_budget7_stem_joint'),
+         # and the budgeted ResNet-56's (issue 11, fourth session)
+         ('cifar10_resnet56_robust_range_ft.yaml', 'RR56_robust_range9to17_kd'),
+         ('cifar10_resnet56_budget13_cl.yaml', 'PR56_range_stem_policy')]
 BOOKKEEPING = ('num_workers', 'eval_every_epochs', 'checkpoint_every_steps', 'keep_checkpoints', 'log_every_steps',
                'eval_at_start', 'max_train_samples')
 
