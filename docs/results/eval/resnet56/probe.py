@@ -7,18 +7,19 @@ Output: docs/results/eval/resnet56/probe.json"""
 import json
 import os
 
-import timm
 import torch
 
 import timm_blockdrop
-from timm_blockdrop.data import eval_transform, load_split, make_loader, with_transform
+from timm_blockdrop.data import eval_transform, find_columns, load_split, make_loader, with_transform
+from timm_blockdrop.models.loading import load_model
 from timm_blockdrop.models.policies import heuristic_policy
 
 shared = os.environ.get('BLOCKDROP_SHARED', '../shared')
-base = timm.create_model('cifar_resnet56', pretrained=True, pretrained_cfg_overlay=dict(
-    file=f'{shared}/weights/cifar10-resnet/resnet56-4bfd9763.th'))
-m = timm_blockdrop.wrap(base).eval()
-ds = with_transform(load_split(f'{shared}/data/cifar10', 'train[45000:47000]'), eval_transform(m), 'img', 'label')
+data = f'{shared}/data/cifar10'
+m = timm_blockdrop.wrap(load_model('cifar_resnet56',
+                                   pretrained_file=f'{shared}/weights/cifar10-resnet/resnet56-4bfd9763.th')).eval()
+split = load_split(data, 'train[45000:47000]')
+ds = with_transform(split, eval_transform(m), *find_columns(split, None, None, data))
 x, y = map(torch.cat, zip(*[(b[0], b[1]) for b in make_loader(ds, 500, num_workers=0)]))
 K = m.num_blocks
 
