@@ -110,6 +110,7 @@ def distill_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature
 
 def _sampled_and_greedy(model, images: torch.Tensor, seeds: torch.Tensor, stem: Optional[torch.Tensor] = None):
     """s' = bounded(s) (float32, with gradient), u ~ Bernoulli(s') from the rows' seeds, and u~ = greedy(s).
+
     ``stem``: the base's stem output, computed already, for a policy that reads it."""
     probs = model.policy_probs(images, stem=stem).float()
     with torch.no_grad():
