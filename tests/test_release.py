@@ -14,7 +14,7 @@ from timm_blockdrop.tools.cli import main
 from conftest import CIFAR10
 
 RELEASE = Path(__file__).resolve().parents[1] / 'release'
-RELEASED = ['blockdrop_cifar_resnet20.cifar10', 'blockdrop_cifar_resnet32.cifar10']
+RELEASED = ['blockdrop_cifar_resnet20.cifar10', 'blockdrop_cifar_resnet32.cifar10', 'blockdrop_cifar_resnet56.cifar10']
 
 
 def _card_rows(card_text):
@@ -124,7 +124,8 @@ CHAIN = [('cifar10_resnet32_budget7_robust_ft.yaml', 'RB7_robust_randomk7_kd'),
          # and the budgeted ResNet-56's (issue 11, fourth session)
          ('cifar10_resnet56_robust_range_ft.yaml', 'RR56_robust_range9to17_kd'),
          ('cifar10_resnet56_budget13_cl.yaml', 'PR56_range_stem_policy'),
-         ('cifar10_resnet56_budget13_ft.yaml', 'JR56_range_stem_joint')]
+         ('cifar10_resnet56_budget13_ft.yaml', 'JR56_range_stem_joint'),
+         ('cifar10_resnet56_budget13_ft.yaml', 'JR56b_range_stem_joint_more')]
 BOOKKEEPING = ('num_workers', 'eval_every_epochs', 'checkpoint_every_steps', 'keep_checkpoints', 'log_every_steps',
                'eval_at_start', 'max_train_samples')
 
