@@ -36,12 +36,14 @@ DATASETS = {
 RELEASED_TAGS = frozenset()
 # 'entry.tag' -> its Hub-ready folder (blockdrop publish --dry-run) committed in the project repository, not uploaded
 LOCAL_RELEASES = {name: f'release/{name}' for name in ('blockdrop_cifar_resnet20.cifar10',
-                                                      'blockdrop_cifar_resnet32.cifar10')}
+                                                      'blockdrop_cifar_resnet32.cifar10',
+                                                      'blockdrop_cifar_resnet56.cifar10')}
 
 # 'entry.tag' -> the model args its released weights were trained with where they differ from the entry's defaults
 # (the paper's policy): timm builds a tag from its entry, so pretrained=True must build the released architecture
 RELEASE_MODEL_ARGS: Dict[str, Dict[str, Any]] = {
     'blockdrop_cifar_resnet32.cifar10': dict(policy_model='policy_stem_head', policy_img_size=None),  # issue 11
+    'blockdrop_cifar_resnet56.cifar10': dict(policy_model='policy_stem_head', policy_img_size=None),  # issue 11
 }
 
 _CIFAR10_BASE = 'akamaster/pytorch_resnet_cifar10 weights (BSD 2-Clause), shortcut A'
