@@ -578,3 +578,63 @@ def test_channels_last_puts_model_and_batches_in_that_layout(tmp_path, shared):
     finally:
         run._bar.close()
         run.lock.release()
+
+
+# ---- best_metric: model_best/, the evaluated epoch highest on val (timm train.py's model_best) ----
+
+def test_best_metric_saves_the_best_evaluated_epoch_only(tmp_path, shared):
+    from accelerate import Accelerator
+    from timm_blockdrop.train.build import build_model
+    from timm_blockdrop.train.reinforce import CurriculumRollout
+    from timm_blockdrop.train.session import accelerator_options, prepare
+    config = load_config(CL_CONFIG, dict(
+        data=str(CIFAR10), output_dir=str(tmp_path / 'run'), channels_last=True, best_metric='val_accuracy',
+        max_train_samples=64, max_eval_samples=8, batch_size=32, eval_batch_size=8, num_workers=0))
+    model = build_model(config)
+    run = prepare(config, Accelerator(**accelerator_options(config, cpu=True)), CurriculumRollout(model),
+                  torch.optim.Adam(model.policy.parameters()))
+    best_dir = tmp_path / 'run' / 'model_best'
+    name, weight = next((k, p) for k, p in model.named_parameters() if k.startswith('policy.'))
+
+    def saved():
+        return timm.create_model(f'local-dir:{best_dir}', pretrained=True).state_dict()[name]
+
+    try:
+        history = []
+        for epoch, accuracy in enumerate([50.0, 40.0, 60.0, 60.0, 10.0]):
+            with torch.no_grad():
+                weight.fill_(float(epoch))  # each epoch's model told apart by one tensor
+            record = dict(epoch=epoch, val_accuracy=accuracy)
+            run._keep_if_best(record)
+            history.append(record.get('best', False))
+            expected = {0: 0, 1: 0, 2: 2, 3: 2, 4: 2}[epoch]  # a tie keeps the earlier epoch
+            assert run.progress.best == dict(epoch=expected, metric='val_accuracy', value=[50.0, 60.0][expected > 0])
+            assert torch.all(saved() == expected)
+        assert history == [True, False, True, False, False]
+        run._keep_if_best(dict(epoch=5))  # an epoch without evaluation
+        assert run.progress.best['epoch'] == 2
+        # saving copied the model: the one in training keeps its layout
+        convs = [p for p in model.parameters() if p.dim() == 4]
+        assert all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+        assert not all(p.is_contiguous() for p in convs)
+    finally:
+        run.lock.release()
+
+
+def test_finetune_with_best_metric_keeps_model_best_as_blockdrop_eval_sees_it(cl_run, tmp_path):
+    out = tmp_path / 'best'
+    log = _recipe('finetune', '--config', FT_CONFIG, '--init-from', cl_run[0], '--output-dir', out, *RUN_ARGS,
+                  '--epochs', '1', '--set', 'best_metric=val_accuracy', '--set', 'channels_last=true')
+    records = _lines(out / 'metrics.jsonl')
+    assert [r['epoch'] for r in records] == [0, 1] and records[0]['best']
+    best = max(records, key=lambda r: (r['val_accuracy'], -r['epoch']))
+    assert [r.get('best', False) for r in records] == [True, records[1]['val_accuracy'] > records[0]['val_accuracy']]
+    assert f"model_best/ is epoch {best['epoch']}" in log
+    progress = json.loads((checkpoint_dirs(out)[-1] / 'progress.json').read_text())
+    assert progress['best'] == dict(epoch=best['epoch'], metric='val_accuracy', value=best['val_accuracy'])
+    report = tmp_path / 'eval.json'
+    assert blockdrop_main(['eval', '--checkpoint', str(out / 'model_best'), '--data', str(CIFAR10), '--split',
+                           VAL_ROWS, '--max-samples', str(N_EVAL), '--batch-size', '64', '--quiet', '--json',
+                           str(report)]) == 0
+    r = json.loads(report.read_text())
+    assert r['top1'] == pytest.approx(best['val_accuracy']) and r['blocks_mean'] == pytest.approx(best['val_blocks_mean'])

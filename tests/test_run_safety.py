@@ -134,6 +134,11 @@ def test_resume_changes_by_hand():
     saved = load_config(CL_CONFIG)
     assert resume_changes(saved, load_config(CL_CONFIG, {'epochs': 6000, 'log_every_steps': 5})) == {
         'epochs': (5000, 6000), 'log_every_steps': (10, 5)}
+    # keeping model_best/ from now on changes no trained number
+    assert resume_changes(saved, load_config(CL_CONFIG, {'best_metric': 'val_reward'})) == {
+        'best_metric': (None, 'val_reward')}
+    with pytest.raises(ValueError, match="'best_metric' must be one of val_accuracy, val_reward"):
+        load_config(CL_CONFIG, {'best_metric': 'val_blocks_mean'})
     with pytest.raises(ValueError, match=r'epochs \(5000 -> 10\)'):
         resume_changes(saved, load_config(CL_CONFIG, {'epochs': 10}))
 

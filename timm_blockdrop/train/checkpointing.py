@@ -5,43 +5,49 @@ checkpoints/       step_<global step>_epoch_<epoch>_<batch>/: accelerate's save_
                    optimizer.bin, scheduler.bin, random_states_<rank>.pkl), stats_<rank>.json (the epoch's
                    running statistics) and progress.json (epoch, batch, step, metrics history), written last
 model/             the final model in timm's save_for_hf layout (model.safetensors + config.json)
+model_best/        with best_metric: the model of the evaluated epoch highest on it, in the same layout
 ```
 Everything is loaded back with ``weights_only=True`` (accelerate's ``load_state``) or as JSON. The naming and
 rotation are our own rather than ``ProjectConfiguration(automatic_checkpoint_naming=True, total_limit=...)``:
 accelerate deletes the oldest checkpoint before the new one is complete, and knows no completeness marker
 (progress.json), so a kill during a save could leave one usable checkpoint fewer.
 """
+import copy
 import json
 import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
+import torch
 from accelerate.utils import load
 from timm.models import save_for_hf
 
 from ..errors import CheckpointError
 from .stats import PolicyStats
 
-__all__ = ['CHECKPOINTS', 'PROGRESS', 'MODEL_DIR', 'Progress', 'checkpoint_dirs', 'find_checkpoint', 'check_fresh',
+__all__ = ['CHECKPOINTS', 'PROGRESS', 'MODEL_DIR', 'MODEL_BEST_DIR', 'Progress', 'checkpoint_dirs', 'find_checkpoint', 'check_fresh',
            'save_checkpoint', 'resume_state', 'follow_umask', 'save_model']
 
 CHECKPOINTS = 'checkpoints'
 PROGRESS = 'progress.json'
 MODEL_DIR = 'model'
+MODEL_BEST_DIR = 'model_best'
 
 
 @dataclass
 class Progress:
     """Where a run is: ``epoch`` (0-based, the one under way), ``batch`` (batches this process has consumed in
-    it), ``step`` (optimizer steps so far), and the metrics of the finished epochs."""
+    it), ``step`` (optimizer steps so far), the metrics of the finished epochs, and with best_metric the epoch
+    that model_best/ holds (``{'epoch', 'metric', 'value'}``)."""
 
     epoch: int = 0
     batch: int = 0
     step: int = 0
     history: List[Dict[str, Any]] = field(default_factory=list)
     num_processes: int = 1
+    best: Optional[Dict[str, Any]] = None
 
 
 def checkpoint_dirs(output_dir) -> List[Path]:
@@ -145,12 +151,16 @@ def follow_umask(folder) -> None:
 
 
 def save_model(model, folder) -> Path:
-    """The model in timm's save_for_hf layout, loadable with ``timm.create_model('local-dir:...')``."""
+    """The model in timm's save_for_hf layout, loadable with ``timm.create_model('local-dir:...')``.
+
+    A contiguous copy is saved (safetensors takes no channels_last tensor): ``model`` itself is left as it is, so
+    a run may save mid-training.
+    """
     folder = Path(folder)
     tmp = folder.with_name(folder.name + '.tmp')
     if tmp.exists():
         shutil.rmtree(tmp)
-    save_for_hf(model, tmp, safe_serialization=True)
+    save_for_hf(copy.deepcopy(model).to(memory_format=torch.contiguous_format), tmp, safe_serialization=True)
     follow_umask(tmp)
     if folder.exists():
         shutil.rmtree(folder)

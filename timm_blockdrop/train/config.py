@@ -27,11 +27,12 @@ from ..models.policies import check_alpha, check_threshold
 from .reinforce import ENTROPY_FORMS
 from .reward import check_gamma
 
-__all__ = ['STAGES', 'VAL_SPLIT', 'TrainConfig', 'load_config', 'parse_set', 'save_config', 'recipe_main',
+__all__ = ['STAGES', 'VAL_SPLIT', 'BEST_METRICS', 'TrainConfig', 'load_config', 'parse_set', 'save_config', 'recipe_main',
            'RESUMABLE_KEYS', 'resume_changes']
 
 STAGES = ('curriculum', 'finetune')
 VAL_SPLIT = 'val'  # eval_split naming the rows held out at the end of train_split
+BEST_METRICS = ('val_accuracy', 'val_reward')  # what best_metric may select on (both: higher is better)
 
 
 @dataclass
@@ -110,6 +111,8 @@ class TrainConfig:
     log_every_steps: int = 10               # optimizer steps between lines of steps.jsonl
     eval_every_epochs: int = 1              # evaluate every N epochs (and after the last)
     eval_at_start: bool = False             # evaluate once before training (epoch 0 of metrics.jsonl)
+    best_metric: Optional[str] = None       # val_accuracy | val_reward: also keep model_best/, the model of the
+                                            # evaluated epoch highest on it (timm train.py's model_best); None: none
 
     def per_device_batch_size(self, num_processes: int) -> int:
         """The batch each process runs per forward: batch_size / (processes x accumulation steps)."""
@@ -176,7 +179,7 @@ def _coerce(key: str, value):
 
 _CHOICES = {'stage': STAGES, 'lr_schedule': ('cosine', 'step'), 'mixed_precision': ('no', 'fp16', 'bf16'),
             'entropy': ENTROPY_FORMS, 'exec_mode': ('masked', 'routed'),
-            'fixed_policy': (None, 'firstk', 'randomk', 'distributek')}
+            'fixed_policy': (None, 'firstk', 'randomk', 'distributek'), 'best_metric': (None,) + BEST_METRICS}
 _POSITIVE = ('batch_size', 'gradient_accumulation_steps', 'eval_batch_size', 'lr', 'checkpoint_every_steps',
              'keep_checkpoints', 'log_every_steps', 'eval_every_epochs', 'shuffle_buffer', 'max_train_samples',
              'max_eval_samples', 'policy_lr', 'distill_temperature', 'budget_lr', 'policy_img_size')
@@ -285,9 +288,10 @@ def save_config(config: TrainConfig, path) -> None:
     Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
-# what a resumed run may change: how long it runs (epochs, only upwards) and how it logs, checkpoints and evaluates
+# what a resumed run may change: how long it runs (epochs, only upwards) and how it logs, checkpoints, evaluates
+# and keeps its best model
 RESUMABLE_KEYS = ('epochs', 'output_dir', 'num_workers', 'eval_batch_size', 'checkpoint_every_steps',
-                  'keep_checkpoints', 'log_every_steps', 'eval_every_epochs', 'eval_at_start')
+                  'keep_checkpoints', 'log_every_steps', 'eval_every_epochs', 'eval_at_start', 'best_metric')
 
 
 def resume_changes(saved: TrainConfig, config: TrainConfig) -> Dict[str, Tuple[Any, Any]]:

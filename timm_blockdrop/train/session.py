@@ -13,6 +13,7 @@ metrics.jsonl      one line per epoch (train / val accuracy, reward, blocks, uni
 steps.jsonl        one line every log_every_steps optimizer steps (loss, reward, lr)
 checkpoints/       see checkpointing.py
 model/             the final model in timm's save_for_hf layout (model.safetensors + config.json)
+model_best/        with best_metric: the model of the evaluated epoch highest on it (epoch 0: the starting model)
 ```
 """
 import json
@@ -27,8 +28,8 @@ from tqdm.auto import tqdm
 
 from ..data import (SampleSeeds, make_loader, make_train_loader, streaming_train_split, train_transform,
                     with_seeded_transform)
-from .checkpointing import (MODEL_DIR, Progress, check_fresh, find_checkpoint, resume_state, save_checkpoint,
-                            save_model)
+from .checkpointing import (MODEL_BEST_DIR, MODEL_DIR, Progress, check_fresh, find_checkpoint, resume_state,
+                            save_checkpoint, save_model)
 from .config import TrainConfig, load_config, resume_changes, save_config
 from .lock import OutputLock, exit_with_parent
 from .logs import JsonLines
@@ -263,6 +264,7 @@ class TrainingRun:
         """With eval_at_start, evaluate ``policy`` once before training (epoch 0 of metrics.jsonl)."""
         if self.config.eval_at_start and not self.progress.history:
             record = dict(epoch=0, step=0, **self.evaluate(policy))
+            self._keep_if_best(record)
             self.progress.history.append(record)
             self.metrics.append(record)
 
@@ -272,6 +274,7 @@ class TrainingRun:
         record = dict(epoch=epoch + 1, step=self.progress.step, **extra, **self.lrs(),
                       images_per_s=self.throughput.images_per_s(),
                       **self.stats.reduced(self.accelerator).summary('train'), **val)
+        self._keep_if_best(record)
         self.progress.history.append(record)
         self.progress.epoch, self.progress.batch, self.stats = epoch + 1, 0, PolicyStats()
         save_checkpoint(self.accelerator, self.output_dir, self.progress, self.stats, self.config.keep_checkpoints)
@@ -279,13 +282,30 @@ class TrainingRun:
         self.accelerator.print(json.dumps({k: float(f'{v:.4g}') if isinstance(v, float) else v
                                            for k, v in record.items()}))
 
+    def _keep_if_best(self, record: Dict[str, Any]) -> None:
+        """With best_metric, save the model as model_best/ when the evaluated ``record`` beats the best so far
+        (a tie keeps the earlier epoch) and mark the record ``best``. Saved before the epoch's checkpoint: a run
+        killed in between redoes the epoch and saves the same model again. A resume that sets or changes
+        best_metric selects from its first evaluation on."""
+        metric, best = self.config.best_metric, self.progress.best
+        if metric is None or metric not in record:
+            return
+        if best is not None and best['metric'] == metric and record[metric] <= best['value']:
+            return
+        self.progress.best = dict(epoch=record['epoch'], metric=metric, value=record[metric])
+        record['best'] = True
+        if self.accelerator.is_main_process:  # (evaluate synced the buffers of all processes)
+            save_model(self.model, self.output_dir / MODEL_BEST_DIR)
+
     def finish(self) -> None:
         """Save the trained model in timm's save_for_hf layout (blockdrop eval --checkpoint D/model)."""
         sync_buffers(self.accelerator, self.model)
         self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:  # (safetensors saves only contiguous tensors)
-            folder = save_model(self.model.to(memory_format=torch.contiguous_format), self.output_dir / MODEL_DIR)
-            self.accelerator.print(f'saved {folder}')
+        if self.accelerator.is_main_process:
+            folder = save_model(self.model, self.output_dir / MODEL_DIR)
+            best = self.progress.best
+            self.accelerator.print(f'saved {folder}' + (f'; {MODEL_BEST_DIR}/ is epoch {best["epoch"]} '
+                                                        f'({best["metric"]} {best["value"]:.4g})' if best else ''))
         self.accelerator.end_training()
         if self.lock is not None:
             self.lock.release()
