@@ -3,9 +3,10 @@
     python docs/results/runs/record.py OUTPUT_DIR --command "CMD" --wall-s 694 [--name NAME] [--note TEXT]
         [--hardware "2-core CPU"] [--with-state]
 
-Copies config.yaml, metrics.jsonl and steps.jsonl (if under 500 kB) and writes run.json (command, wall time,
-hardware, note, last greedy val accuracy / blocks). --with-state also copies the newest checkpoint folder and
-model/ (a resumable state; CIFAR ResNet-32 is a few MB). README.md is regenerated from every run.json here.
+Copies config.yaml, config_history.jsonl (what resumes changed), metrics.jsonl and steps.jsonl (if under 500 kB)
+and writes run.json (command, wall time, hardware, note, last greedy val accuracy / blocks, and with best_metric
+the epoch model_best/ holds). --with-state also copies the newest checkpoint folder, model/ and model_best/ (a
+resumable state; CIFAR ResNet-32 is a few MB). README.md is regenerated from every run.json here.
 """
 import argparse
 import json
@@ -29,6 +30,8 @@ def record(args):
     dst.mkdir(parents=True, exist_ok=True)
     for f in ('config.yaml', 'metrics.jsonl'):
         shutil.copy2(src / f, dst / f)
+    if (src / 'config_history.jsonl').is_file():
+        shutil.copy2(src / 'config_history.jsonl', dst / 'config_history.jsonl')
     steps = src / 'steps.jsonl'
     if steps.is_file() and steps.stat().st_size < 500_000:
         shutil.copy2(steps, dst / 'steps.jsonl')
@@ -38,16 +41,21 @@ def record(args):
             shutil.rmtree(dst / 'checkpoints')
         if ckpts:
             shutil.copytree(ckpts[-1], dst / 'checkpoints' / ckpts[-1].name)
-        if (src / 'model').is_dir():
-            if (dst / 'model').exists():
-                shutil.rmtree(dst / 'model')
-            shutil.copytree(src / 'model', dst / 'model')
+        for folder in ('model', 'model_best'):
+            if (src / folder).is_dir():
+                if (dst / folder).exists():
+                    shutil.rmtree(dst / folder)
+                shutil.copytree(src / folder, dst / folder)
     metrics = [json.loads(line) for line in (src / 'metrics.jsonl').read_text().splitlines() if line.strip()]
     v = last_val(metrics)
+    best = [r for r in metrics if r.get('best')]  # (the last one flagged is what model_best/ holds)
     info = dict(name=name, command=args.command, wall_s=args.wall_s, hardware=args.hardware, note=args.note,
                 epochs_done=metrics[-1]['epoch'] if metrics else 0, last_val_epoch=v.get('epoch'),
                 val_accuracy=v.get('val_accuracy'), val_blocks_mean=v.get('val_blocks_mean'),
                 val_images=v.get('val_images'), eval_split=_eval_split(src / 'config.yaml'))
+    if best:
+        info.update(best_epoch=best[-1]['epoch'], best_val_accuracy=best[-1]['val_accuracy'],
+                    best_val_blocks_mean=best[-1]['val_blocks_mean'])
     (dst / 'run.json').write_text(json.dumps(info, indent=1) + '\n')
     write_index()
 
@@ -68,16 +76,20 @@ def write_index():
              '`val images` of the CIFAR-10 test split (the runs of issue 7, which selected on the test split: '
              'their figures are test-tuned and optimistic). '
              'Each folder holds the resolved `config.yaml`, `metrics.jsonl` (per epoch) and `steps.jsonl`; '
-             '`run.json` holds this line. Regenerate with `python docs/results/runs/record.py`.', '',
-             '| run | epochs done | eval split | acc % | blocks | images | wall | hardware | note | command |',
-             '|---|---|---|---|---|---|---|---|---|---|']
+             '`run.json` holds this line. `model_best`: with best_metric, the epoch kept in `model_best/` and its '
+             'accuracy @ blocks. Regenerate with `python docs/results/runs/record.py`.', '',
+             '| run | epochs done | eval split | acc % | blocks | images | model_best | wall | hardware | note | '
+             'command |',
+             '|---|---|---|---|---|---|---|---|---|---|---|']
     for r in runs:
         acc = '' if r['val_accuracy'] is None else f"{r['val_accuracy']:.2f}"
         blocks = '' if r['val_blocks_mean'] is None else f"{r['val_blocks_mean']:.2f}"
         wall = '' if r['wall_s'] is None else f"{r['wall_s'] / 60:.1f} min"
         split = r.get('eval_split') or _eval_split(HERE / r['name'] / 'config.yaml')
+        best = (f"epoch {r['best_epoch']}: {r['best_val_accuracy']:.2f} @ {r['best_val_blocks_mean']:.2f}"
+                if r.get('best_epoch') is not None else '')
         lines.append(f"| [{r['name']}]({r['name']}/) | {r['epochs_done']} | {split} | {acc} | {blocks} | "
-                     f"{r['val_images']} | "
+                     f"{r['val_images']} | {best} | "
                      f"{wall} | {r['hardware']} | {r['note'] or ''} | `{r['command']}` |")
     (HERE / 'README.md').write_text('\n'.join(lines) + '\n')
 
