@@ -125,9 +125,10 @@ CHAIN = [('cifar10_resnet32_budget7_robust_ft.yaml', 'RB7_robust_randomk7_kd'),
          ('cifar10_resnet56_robust_range_ft.yaml', 'RR56_robust_range9to17_kd'),
          ('cifar10_resnet56_budget13_cl.yaml', 'PR56_range_stem_policy'),
          ('cifar10_resnet56_budget13_ft.yaml', 'JR56_range_stem_joint'),
-         ('cifar10_resnet56_budget13_ft.yaml', 'JR56b_range_stem_joint_more')]
+         ('cifar10_resnet56_budget13_ft.yaml', 'JR56b_range_stem_joint_more'),
+         ('cifar10_resnet56_budget13_ft.yaml', 'JR56c_range_stem_joint_long')]
 BOOKKEEPING = ('num_workers', 'eval_every_epochs', 'checkpoint_every_steps', 'keep_checkpoints', 'log_every_steps',
-               'eval_at_start', 'max_train_samples')
+               'eval_at_start', 'max_train_samples', 'best_metric')
 
 
 def _command_overrides(command: str):
