@@ -27,8 +27,8 @@ from timm.models import save_for_hf
 from ..errors import CheckpointError
 from .stats import PolicyStats
 
-__all__ = ['CHECKPOINTS', 'PROGRESS', 'MODEL_DIR', 'MODEL_BEST_DIR', 'Progress', 'checkpoint_dirs', 'find_checkpoint', 'check_fresh',
-           'save_checkpoint', 'resume_state', 'follow_umask', 'save_model']
+__all__ = ['CHECKPOINTS', 'PROGRESS', 'MODEL_DIR', 'MODEL_BEST_DIR', 'Progress', 'checkpoint_dirs', 'find_checkpoint',
+           'check_fresh', 'save_checkpoint', 'resume_state', 'follow_umask', 'save_model']
 
 CHECKPOINTS = 'checkpoints'
 PROGRESS = 'progress.json'

@@ -27,8 +27,8 @@ from ..models.policies import check_alpha, check_threshold
 from .reinforce import ENTROPY_FORMS
 from .reward import check_gamma
 
-__all__ = ['STAGES', 'VAL_SPLIT', 'BEST_METRICS', 'TrainConfig', 'load_config', 'parse_set', 'save_config', 'recipe_main',
-           'RESUMABLE_KEYS', 'resume_changes']
+__all__ = ['STAGES', 'VAL_SPLIT', 'BEST_METRICS', 'TrainConfig', 'load_config', 'parse_set', 'save_config',
+           'recipe_main', 'RESUMABLE_KEYS', 'resume_changes']
 
 STAGES = ('curriculum', 'finetune')
 VAL_SPLIT = 'val'  # eval_split naming the rows held out at the end of train_split
