@@ -558,17 +558,23 @@ def test_channels_last_run_matches_nchw(cl_run, tmp_path):
     assert loaded.num_blocks == 15
 
 
-def test_channels_last_puts_model_and_batches_in_that_layout(tmp_path, shared):
+def _prepared_channels_last_run(tmp_path, **overrides):
+    """A prepared (not started) curriculum run in channels_last on 64 CIFAR-10 images: its model and TrainingRun.
+    The caller releases ``run.lock``."""
     from accelerate import Accelerator
     from timm_blockdrop.train.build import build_model
     from timm_blockdrop.train.reinforce import CurriculumRollout
     from timm_blockdrop.train.session import accelerator_options, prepare
     config = load_config(CL_CONFIG, dict(
-        data=str(CIFAR10), output_dir=str(tmp_path / 'run'), channels_last=True,
+        data=str(CIFAR10), output_dir=str(tmp_path / 'run'), channels_last=True, **overrides,
         max_train_samples=64, max_eval_samples=8, batch_size=32, eval_batch_size=8, num_workers=0))
     model = build_model(config)
-    run = prepare(config, Accelerator(**accelerator_options(config, cpu=True)), CurriculumRollout(model),
-                  torch.optim.Adam(model.policy.parameters()))
+    return model, prepare(config, Accelerator(**accelerator_options(config, cpu=True)), CurriculumRollout(model),
+                          torch.optim.Adam(model.policy.parameters()))
+
+
+def test_channels_last_puts_model_and_batches_in_that_layout(tmp_path, shared):
+    model, run = _prepared_channels_last_run(tmp_path)
     try:
         convs = [p for p in model.parameters() if p.dim() == 4]
         assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
@@ -583,16 +589,7 @@ def test_channels_last_puts_model_and_batches_in_that_layout(tmp_path, shared):
 # ---- best_metric: model_best/, the evaluated epoch highest on val (timm train.py's model_best) ----
 
 def test_best_metric_saves_the_best_evaluated_epoch_only(tmp_path, shared):
-    from accelerate import Accelerator
-    from timm_blockdrop.train.build import build_model
-    from timm_blockdrop.train.reinforce import CurriculumRollout
-    from timm_blockdrop.train.session import accelerator_options, prepare
-    config = load_config(CL_CONFIG, dict(
-        data=str(CIFAR10), output_dir=str(tmp_path / 'run'), channels_last=True, best_metric='val_accuracy',
-        max_train_samples=64, max_eval_samples=8, batch_size=32, eval_batch_size=8, num_workers=0))
-    model = build_model(config)
-    run = prepare(config, Accelerator(**accelerator_options(config, cpu=True)), CurriculumRollout(model),
-                  torch.optim.Adam(model.policy.parameters()))
+    model, run = _prepared_channels_last_run(tmp_path, best_metric='val_accuracy')
     best_dir = tmp_path / 'run' / 'model_best'
     name, weight = next((k, p) for k, p in model.named_parameters() if k.startswith('policy.'))
 
