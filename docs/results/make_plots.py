@@ -292,7 +292,7 @@ def _robust_panel(folder, stages, ks, num_blocks, title, path):
 def plot_robust_base(root, out):
     """Issue 11 item 2: DistributeK-K and RandomK-K before and after the robust-base stages. ResNet-32: RB7
     (exactly 7 blocks) and RR (each image 4-10 blocks, from RB7); ResNet-56: RR56 (each image 9-17 of 27 blocks)
-    and RR56m (12-20)."""
+    and RR56m / RR56m16 (12-20, 10 / 16 epochs)."""
     folder = root / 'eval' / 'robust_base'
     if not folder.is_dir():
         return None
@@ -302,9 +302,11 @@ def plot_robust_base(root, out):
                   'ResNet-32 under hard block drops: shared weights, after RB7 (RandomK-7, 12 epochs), after RR '
                   '(RandomK with K in 4-10 per image, 16 epochs from RB7)', out / 'robust_base.png')
     return _robust_panel(folder, (('before56', *before), ('range56', 'RR56', dict(ls=':', marker='^')),
-                                  ('mild56', 'RR56m', dict(ls='-.', marker='v'))),
+                                  ('mild56', 'RR56m', dict(ls='-.', marker='v')),
+                                  ('mild56x', 'RR56m16', dict(ls='-', marker='s'))),
                          (9, 13, 17), 27, 'ResNet-56 under hard block drops: shared weights, after RR56 (RandomK with '
-                         'K in 9-17 of 27 per image, 16 epochs, distilled), after RR56m (K in 12-20, 10 epochs)',
+                         'K in 9-17 of 27 per image, 16 epochs, distilled), after RR56m / RR56m16 (K in 12-20, '
+                         '10 / 16 epochs)',
                          out / 'robust_base56.png')
 
 
